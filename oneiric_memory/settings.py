@@ -1,0 +1,361 @@
+"""Typed, layered settings for oneiric-memory (``MemorySettings``).
+
+Layers, lowest first (later wins, deep-merged):
+
+1. code defaults, which follow Mahavishnu's own keys where they exist
+   (``llm.ollama_base_url``, ``llm.model``, ``pools.session_buddy_url``);
+2. the ``oneiric_memory:`` block of ``settings/mahavishnu.yaml``;
+3. the same block in ``settings/local.yaml``;
+4. env ``MAHAVISHNU_ONEIRIC_MEMORY__<SECTION>__<FIELD>``;
+5. explicit arguments to :func:`load_settings`.
+
+Env values stay strings and pydantic converts them per field, so a numeric password stays a string.
+A validation error names the key and the layer (file or env variable) that supplied it, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from oneiric_memory.errors import ConfigurationError
+
+__all__ = [
+    "CoordinatorSettings",
+    "EmbedderSettings",
+    "IDENTIFIER_PATTERN",
+    "MaintenanceSettings",
+    "MemorySettings",
+    "PostgresSettings",
+    "SearchSettings",
+    "SessionBuddySettings",
+    "TaskPrefixes",
+    "default_cache_dir",
+    "load_settings",
+    "validate_identifier",
+]
+
+ENV_PREFIX = "MAHAVISHNU_ONEIRIC_MEMORY__"
+SETTINGS_BLOCK = "oneiric_memory"
+IDENTIFIER_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+
+
+def validate_identifier(value: str, *, what: str = "identifier") -> str:
+    """Accept only lower-case SQL identifiers; they are interpolated into DDL, never input."""
+    if not IDENTIFIER_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a safe SQL identifier: use lower-case letters, digits and "
+            "underscores, starting with a letter or underscore, at most 48 characters"
+        )
+    return value
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/oneiric-memory`` (or ``~/.cache/oneiric-memory``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "oneiric-memory"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+
+
+class PostgresSettings(_Section):
+    """Connection, pool and schema settings. No ``dsn`` and no ``host`` means the embedded server."""
+
+    dsn: SecretStr | None = Field(default=None, description="libpq URI; may hold a password, so kept secret")
+    read_dsn: SecretStr | None = Field(default=None, description="optional replica URI used for searches")
+    host: str | None = None
+    port: int = 5432
+    user: str = "postgres"
+    password: SecretStr | None = None
+    database: str = "oneiric_memory"
+    ssl: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    db_schema: str = "oneiric_memory"
+    embedded_data_dir: Path | None = Field(
+        default=None, description="data folder of the embedded server; default <cache>/pgdata"
+    )
+    min_connections: int = Field(default=1, ge=0)
+    max_connections: int = Field(default=8, ge=1, le=200)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    acquire_timeout_s: float = Field(default=10.0, gt=0)
+    command_timeout_s: float = Field(default=60.0, gt=0)
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+    max_inactive_connection_lifetime_s: float = Field(default=300.0, ge=0)
+    max_queries_per_connection: int = Field(default=50_000, ge=1)
+    statement_cache_size: int = Field(default=256, ge=0, description="0 behind PgBouncer (transaction mode)")
+    auto_migrate: bool = True
+    create_extension: bool = True
+    vector_dimension: int = Field(default=768, ge=1, le=4000)
+    vector_type: Literal["halfvec", "vector"] = "halfvec"
+    index_type: Literal["hnsw", "ivfflat"] = "hnsw"
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    ivfflat_lists: int | None = Field(default=None, ge=1)
+    text_search_config: str = "english"
+    on_conflict: Literal["keep_first", "refresh"] = "keep_first"
+    max_content_bytes: int = Field(default=1_000_000, ge=1)
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_base_delay_s: float = Field(default=0.05, ge=0)
+    retry_max_delay_s: float = Field(default=2.0, ge=0)
+    bulk_maintenance_work_mem: str = "1GB"
+
+    @field_validator("db_schema", "text_search_config")
+    @classmethod
+    def _safe_identifier(cls, value: str) -> str:
+        return validate_identifier(value)
+
+    @property
+    def embedded(self) -> bool:
+        """True when neither a DSN nor a host is configured."""
+        return self.dsn is None and not self.host
+
+
+class TaskPrefixes(_Section):
+    """Instruction prefixes a model expects for stored text and for queries."""
+
+    document: str = ""
+    query: str = ""
+
+
+def _default_prefixes() -> dict[str, TaskPrefixes]:
+    return {
+        "nomic-embed-text": TaskPrefixes(document="search_document: ", query="search_query: "),
+    }
+
+
+class EmbedderSettings(_Section):
+    """Which embedder to use and how to call Ollama."""
+
+    provider: Literal["auto", "ollama", "hashing"] = "auto"
+    base_url: str = "http://localhost:11434"
+    model: str = "nomic-embed-text"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    max_concurrency: int = Field(default=4, ge=1, le=256)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    total_timeout_s: float = Field(default=60.0, gt=0, description="bound on one call including retries")
+    retry_attempts: int = Field(default=4, ge=1)
+    retry_base_delay_s: float = Field(default=0.2, ge=0)
+    retry_max_delay_s: float = Field(default=5.0, ge=0)
+    keep_alive: str | None = "5m"
+    truncate: bool = True
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka truncation, if the model supports it")
+    normalize: bool = True
+    task_prefixes: dict[str, TaskPrefixes] = Field(default_factory=_default_prefixes)
+    query_cache_size: int = Field(default=2048, ge=0)
+
+
+class SessionBuddySettings(_Section):
+    """Delivery of insights to Session-Buddy."""
+
+    enabled: bool = True
+    mode: Literal["auto", "in_process", "mcp"] = "auto"
+    database_path: Path | None = Field(default=None, description="default ~/.claude/data/reflection.duckdb")
+    mcp_url: str = "http://localhost:8678/mcp"
+    timeout_s: float = Field(default=5.0, gt=0)
+    enable_embeddings: bool = False
+    relay_enabled: bool = True
+    relay_interval_s: float = Field(default=2.0, gt=0)
+    relay_batch_size: int = Field(default=50, ge=1)
+    max_attempts: int = Field(default=25, ge=1)
+    retry_base_delay_s: float = Field(default=1.0, ge=0)
+    retry_max_delay_s: float = Field(default=600.0, ge=0)
+    degraded_backlog_age_s: float = Field(default=600.0, ge=0)
+
+
+class SearchSettings(_Section):
+    """Search defaults and tuning knobs (applied with SET LOCAL per query)."""
+
+    default_mode: Literal["vector", "text", "hybrid"] = "hybrid"
+    default_limit: int = Field(default=10, ge=1)
+    max_limit: int = Field(default=1000, ge=1, le=10_000)
+    ef_search: int = Field(default=100, ge=1, le=1000)
+    iterative_scan: Literal["off", "relaxed_order", "strict_order"] = "relaxed_order"
+    max_scan_tuples: int = Field(default=40_000, ge=1)
+    exact_search_max_rows: int = Field(
+        default=15_000, ge=0, description="filtered queries matching at most this many rows take the exact path"
+    )
+    ivfflat_probes: int | None = Field(default=None, ge=1)
+    rrf_k: int = Field(default=60, ge=1)
+    vector_weight: float = Field(default=1.0, ge=0)
+    text_weight: float = Field(default=1.0, ge=0)
+    branch_candidates: int = Field(default=40, ge=1, le=1000)
+    unified_timeout_s: float = Field(default=2.0, gt=0)
+
+
+class MaintenanceSettings(_Section):
+    """Maintenance and monitoring thresholds."""
+
+    auto_enabled: bool = False
+    auto_interval_s: float = Field(default=3600.0, gt=0)
+    dead_tuple_ratio: float = Field(default=0.10, ge=0, le=1)
+    reindex_growth_ratio: float = Field(default=0.5, ge=0)
+    recall_floor: float = Field(default=0.90, ge=0, le=1)
+    canary_queries: int = Field(default=10, ge=1)
+    canary_k: int = Field(default=10, ge=1)
+    expire_batch_size: int = Field(default=5000, ge=1)
+    maintenance_work_mem: str = "1GB"
+    pool_busy_ratio: float = Field(default=0.8, ge=0, le=1)
+    outbox_backlog_age_s: float = Field(default=900.0, ge=0)
+    slow_query_ms: float = Field(default=100.0, ge=0)
+
+
+class CoordinatorSettings(_Section):
+    """Backpressure and background tasks of the unified-memory coordinator."""
+
+    max_in_flight: int = Field(default=256, ge=1)
+    admission_timeout_s: float = Field(default=10.0, gt=0)
+    embed_timeout_s: float = Field(default=10.0, gt=0, description="longest a write waits for the embedder")
+    backfill_enabled: bool = True
+    backfill_interval_s: float = Field(default=30.0, gt=0)
+    backfill_batch_size: int = Field(default=256, ge=1)
+
+
+class MemorySettings(BaseModel):
+    """The whole settings tree; see the module docstring for the layering."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    session_buddy: SessionBuddySettings = Field(default_factory=SessionBuddySettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        return self.postgres.embedded_data_dir or (self.cache_dir / "pgdata")
+
+
+# --- layering -----------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path}: is not valid YAML ({exc.__class__.__name__}); fix the file") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"{path}: the top level must be a mapping")
+    return loaded
+
+
+def _mahavishnu_defaults(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Map Mahavishnu's own keys onto ours, so one setting serves both."""
+    out: dict[str, Any] = {}
+    llm = document.get("llm")
+    if isinstance(llm, Mapping):
+        if isinstance(llm.get("ollama_base_url"), str):
+            out.setdefault("embedder", {})["base_url"] = llm["ollama_base_url"]
+        if isinstance(llm.get("model"), str) and "embed" in llm["model"]:
+            out.setdefault("embedder", {})["model"] = llm["model"]
+    pools = document.get("pools")
+    if isinstance(pools, Mapping) and isinstance(pools.get("session_buddy_url"), str):
+        out.setdefault("session_buddy", {})["mcp_url"] = pools["session_buddy_url"]
+    return out
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[tuple[str, ...], str],
+           source: str, prefix: tuple[str, ...] = ()) -> None:
+    for key, value in overlay.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, sources, source, path)
+        elif isinstance(value, Mapping):
+            base[key] = {}
+            _merge(base[key], value, sources, source, path)
+        else:
+            base[key] = value
+            sources[path] = source
+
+
+def _env_overlay(environ: Mapping[str, str]) -> list[tuple[dict[str, Any], str]]:
+    layers: list[tuple[dict[str, Any], str]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        layer: dict[str, Any] = {}
+        cursor = layer
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = environ[name]
+        layers.append((layer, f"env {name}"))
+    return layers
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    mahavishnu_config: Mapping[str, Any] | None = None,
+) -> MemorySettings:
+    """Build :class:`MemorySettings` from the layers in the module docstring.
+
+    ``root`` is the folder holding ``settings/`` (default: the working directory). ``mahavishnu_config``
+    is an already-parsed Mahavishnu settings mapping, used for defaults when given.
+    """
+    root = root or Path.cwd()
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    main_file = root / "settings" / "mahavishnu.yaml"
+    local_file = root / "settings" / "local.yaml"
+    main_doc = _read_yaml(main_file)
+    local_doc = _read_yaml(local_file)
+
+    for doc, label in ((mahavishnu_config or {}, "mahavishnu config"), (main_doc, str(main_file)),
+                       (local_doc, str(local_file))):
+        _merge(merged, _mahavishnu_defaults(doc), sources, label)
+    mahavishnu_env = {
+        ("embedder", "base_url"): "MAHAVISHNU_LLM__OLLAMA_BASE_URL",
+        ("session_buddy", "mcp_url"): "MAHAVISHNU_POOLS__SESSION_BUDDY_URL",
+    }
+    for (section, field), env_name in mahavishnu_env.items():
+        if env_name in environ:
+            _merge(merged, {section: {field: environ[env_name]}}, sources, f"env {env_name}")
+
+    for doc, path in ((main_doc, main_file), (local_doc, local_file)):
+        block = doc.get(SETTINGS_BLOCK)
+        if block is None:
+            continue
+        if not isinstance(block, Mapping):
+            raise ConfigurationError(f"{path}: '{SETTINGS_BLOCK}' must be a mapping")
+        _merge(merged, block, sources, str(path))
+    for layer, label in _env_overlay(environ):
+        _merge(merged, layer, sources, label)
+    if overrides:
+        _merge(merged, overrides, sources, "explicit arguments")
+    try:
+        return MemorySettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, sources), errors=len(exc.errors())) from None
+
+
+def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> str:
+    lines = ["invalid oneiric_memory settings:"]
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(str(part) for part in error["loc"])
+        source = "defaults"
+        for cut in range(len(loc), 0, -1):
+            if loc[:cut] in sources:
+                source = sources[loc[:cut]]
+                break
+        lines.append(f"  {SETTINGS_BLOCK}.{'.'.join(loc)}: {error['msg']} (from {source})")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""Shared fixtures: one real embedded PostgreSQL per test session, and one schema per test.
+
+Each test gets its own ``db_schema`` on the shared server, so tests are isolated without restarting
+PostgreSQL. Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.embedded_server import EmbeddedConnectInfo, EmbeddedPostgres
+from oneiric_memory.settings import MemorySettings, load_settings
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+@pytest.fixture(scope="session")
+def pg_data_dir() -> Iterator[Path]:
+    """A private data folder for this session's embedded server; deleted at the end."""
+    root = Path(tempfile.mkdtemp(prefix="om-test-"))
+    yield root / "pgdata"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(pg_data_dir: Path) -> Iterator[EmbeddedConnectInfo]:
+    """Start the embedded PostgreSQL once; tests attach to it through their own stores."""
+    import asyncio
+
+    server = EmbeddedPostgres(pg_data_dir)
+    info = asyncio.run(server.start())
+    yield info
+    asyncio.run(server.stop())
+
+
+def make_settings(pg_data_dir: Path, schema: str | None = None, **overrides: Any) -> MemorySettings:
+    """Settings for a test: the session's embedded server, a fresh schema, no files or env read."""
+    base: dict[str, Any] = {
+        "postgres": {"embedded_data_dir": str(pg_data_dir), "db_schema": schema or f"t_{uuid.uuid4().hex[:12]}",
+                     "max_connections": 4, "retry_base_delay_s": 0.01},
+        "embedder": {"provider": "hashing"},
+        "session_buddy": {"enabled": False},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            base.setdefault(section, {}).update(values)
+        else:
+            base[section] = values
+    return load_settings(base, root=pg_data_dir.parent, environ={})
+
+
+@pytest.fixture
+def settings(pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> MemorySettings:
+    return make_settings(pg_data_dir)
+
+
+@pytest_asyncio.fixture
+async def store(settings: MemorySettings) -> AsyncIterator[PgvectorMemoryStore]:
+    """An initialized store on a fresh schema; the schema is dropped afterwards."""
+    memory_store = PgvectorMemoryStore(settings)
+    await memory_store.init()
+    try:
+        yield memory_store
+    finally:
+        if memory_store._pool is not None:
+            async with memory_store.gate.acquire() as connection:
+                await connection.execute(f'DROP SCHEMA IF EXISTS "{memory_store.schema}" CASCADE')
+        await memory_store.cleanup()
