@@ -73,6 +73,7 @@ class PendingMemory:
     project: str
     id: uuid.UUID
     content: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,13 +521,20 @@ class PgvectorMemoryStore:
 
     # --- pending embeddings (backfill) ---------------------------------------------------------------
 
-    async def fetch_pending(self, limit: int, *, after: tuple[str, uuid.UUID] | None = None) -> list[PendingMemory]:
-        """Memories whose embedding is pending, oldest first."""
+    async def fetch_pending(self, limit: int, *, after: tuple[datetime, uuid.UUID] | None = None
+                            ) -> list[PendingMemory]:
+        """Memories whose embedding is pending, oldest first; ``after`` is a keyset cursor."""
         async with self.gate.acquire() as connection:
-            rows = await connection.fetch(
-                f"SELECT project, id, content FROM {self.table('memories')} WHERE embedding IS NULL "
-                "ORDER BY created_at, id LIMIT $1", limit)
-        return [PendingMemory(project=r["project"], id=r["id"], content=r["content"]) for r in rows]
+            if after is None:
+                rows = await connection.fetch(
+                    f"SELECT project, id, content, created_at FROM {self.table('memories')} WHERE embedding IS NULL "
+                    "ORDER BY created_at, id LIMIT $1", limit)
+            else:
+                rows = await connection.fetch(
+                    f"SELECT project, id, content, created_at FROM {self.table('memories')} WHERE embedding IS NULL "
+                    "AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $1", limit, after[0], after[1])
+        return [PendingMemory(project=r["project"], id=r["id"], content=r["content"], created_at=r["created_at"])
+                for r in rows]
 
     async def count_pending(self) -> int:
         async with self.gate.acquire() as connection:

@@ -1,0 +1,612 @@
+"""``UnifiedMemory``: the API Mahavishnu calls (Oneiric category ``memory``, provider ``unified``).
+
+It composes the three adapters through Oneiric's ``LifecycleManager`` (the app's own, or a private one when
+no Oneiric app is present) and looks each adapter up per operation, so a hot swap is safe. It adds what no
+single adapter can: insight extraction into the outbox, "store now, embed later" when the embedder is down,
+background relay/backfill tasks, unified search across PostgreSQL and Session-Buddy, backpressure and an
+aggregated ``HealthCheckResponse``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
+
+from oneiric_memory import __version__
+from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.backfill import BackfillReport, backfill
+from oneiric_memory.embedding import Embedder
+from oneiric_memory.errors import EmbedderError, InvalidInput, OneiricMemoryError, StoreUnavailable
+from oneiric_memory.insights import extract_insights, insight_id
+from oneiric_memory.observability import Stopwatch, get_logger, span
+from oneiric_memory.outbox import OutboxRelay
+from oneiric_memory.records import MEMORY_TYPES, MemoryRecord, SearchFilters, SearchHit, SearchMode
+from oneiric_memory.settings import MemorySettings, load_settings
+
+__all__ = ["SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
+
+DOMAIN = "adapter"
+
+
+@dataclass(slots=True)
+class SourceStatus:
+    """How one source answered a unified search."""
+
+    status: Literal["ok", "timeout", "error", "disabled"]
+    hits: int = 0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class UnifiedSearchResult:
+    """Fused hits plus a per-source status; ``degraded`` when a source did not answer."""
+
+    hits: list[SearchHit]
+    sources: dict[str, SourceStatus] = field(default_factory=dict)
+
+    @property
+    def degraded(self) -> bool:
+        return any(source.status in ("timeout", "error") for source in self.sources.values())
+
+
+class _Components:
+    """Builds and finds the adapters through an Oneiric ``LifecycleManager``."""
+
+    def __init__(self, settings: MemorySettings, lifecycle: Any | None) -> None:
+        self.settings = settings
+        self.owned = lifecycle is None
+        self.embedder_note = ""
+        self.sink_note = ""
+        if lifecycle is None:
+            from oneiric.core.lifecycle import LifecycleManager, LifecycleSafetyOptions
+            from oneiric.core.resolution import Candidate, CandidateSource, Resolver
+
+            resolver = Resolver()
+            for category, provider, factory, priority in self._factories():
+                resolver.register(Candidate(domain=DOMAIN, key=category, provider=provider, factory=factory,
+                                            priority=priority, source=CandidateSource.MANUAL))
+            lifecycle = LifecycleManager(resolver, safety=LifecycleSafetyOptions(activation_timeout=120.0,
+                                                                                 health_timeout=10.0))
+        self.lifecycle = lifecycle
+
+    def _factories(self) -> list[tuple[str, str, Callable[[], Awaitable[Any]], int]]:
+        settings = self.settings
+
+        async def store() -> PgvectorMemoryStore:
+            instance = PgvectorMemoryStore(settings)
+            await instance.init()
+            return instance
+
+        async def ollama() -> Embedder:
+            from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+
+            instance = OllamaEmbedder(settings)
+            try:
+                await instance.init()
+            except BaseException:
+                await instance.cleanup()
+                raise
+            return instance
+
+        async def hashing() -> Embedder:
+            from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
+
+            instance = HashingEmbedder(settings)
+            await instance.init()
+            return instance
+
+        async def sink() -> Any:
+            from oneiric_memory.adapters.session_buddy_sink import SessionBuddyInsightSink
+
+            instance = SessionBuddyInsightSink(settings, backlog_provider=self._backlog)
+            try:
+                await instance.init()
+            except BaseException:
+                await instance.cleanup()
+                raise
+            return instance
+
+        return [("memory_store", "pgvector", store, 700), ("embedding", "ollama", ollama, 600),
+                ("embedding", "hashing", hashing, 100), ("insight_sink", "session_buddy", sink, 600)]
+
+    _backlog: Callable[[], Awaitable[dict[str, Any]]] | None = None
+
+    async def start(self) -> None:
+        if not self.owned and self.lifecycle.get_instance(DOMAIN, "memory_store") is not None:
+            return
+        await self.lifecycle.activate(DOMAIN, "memory_store", "pgvector")
+        await self._activate_embedder()
+        await self.try_activate_sink()
+
+    async def _activate_embedder(self) -> None:
+        from oneiric.core.lifecycle import LifecycleError
+
+        provider = self.settings.embedder.provider
+        if provider == "hashing":
+            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
+            self.embedder_note = "using the hashing embedder (lexical only), as embedder.provider is 'hashing'"
+            return
+        try:
+            await self.lifecycle.activate(DOMAIN, "embedding", "ollama")
+            self.embedder_note = f"using Ollama model {self.settings.embedder.model} at {self.settings.embedder.base_url}"
+        except LifecycleError as exc:
+            cause = exc.__cause__ or exc
+            reason = cause.message if isinstance(cause, OneiricMemoryError) else f"{type(cause).__name__}"
+            if provider == "ollama":
+                raise cause from None
+            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
+            self.embedder_note = f"{reason.rstrip('.')}; fell back to the hashing embedder (lexical only)"
+
+    async def try_activate_sink(self) -> bool:
+        """Start the Session-Buddy sink if enabled; failure leaves insights queued, never lost."""
+        if not self.settings.session_buddy.enabled:
+            self.sink_note = "disabled by session_buddy.enabled"
+            return False
+        if self.sink() is not None:
+            return True
+        from oneiric.core.lifecycle import LifecycleError
+
+        try:
+            await self.lifecycle.activate(DOMAIN, "insight_sink", "session_buddy")
+            self.sink_note = "ok"
+            return True
+        except (LifecycleError, OneiricMemoryError, OSError) as exc:
+            cause = exc.__cause__ or exc
+            self.sink_note = f"unavailable: {type(cause).__name__}: {str(cause)[:200]}"
+            return False
+
+    def store(self) -> PgvectorMemoryStore:
+        instance = self.lifecycle.get_instance(DOMAIN, "memory_store")
+        if instance is None:
+            raise StoreUnavailable("the memory store is not active: UnifiedMemory.open() starts it")
+        return instance  # type: ignore[no-any-return]
+
+    def embedder(self) -> Embedder | None:
+        return self.lifecycle.get_instance(DOMAIN, "embedding")  # type: ignore[no-any-return]
+
+    def sink(self) -> Any | None:
+        return self.lifecycle.get_instance(DOMAIN, "insight_sink")
+
+    async def close(self) -> None:
+        if not self.owned:
+            return
+        for key in ("insight_sink", "embedding", "memory_store"):
+            instance = self.lifecycle.get_instance(DOMAIN, key)
+            if instance is not None:
+                with contextlib.suppress(Exception):
+                    await instance.cleanup()
+                self.lifecycle._instances.pop((DOMAIN, key), None)
+
+
+class UnifiedMemory:
+    """Remember, search and forget across PostgreSQL and Session-Buddy. Use :meth:`open`."""
+
+    category = "memory"
+    provider = "unified"
+
+    def __init__(self, settings: MemorySettings | None = None, *, lifecycle: Any | None = None) -> None:
+        self.settings = settings or load_settings()
+        self._components = _Components(self.settings, lifecycle)
+        self._components._backlog = self._backlog
+        cs = self.settings.coordinator
+        self._admission = asyncio.Semaphore(cs.max_in_flight)
+        self._in_flight = 0
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._relay = OutboxRelay(self._components.store, self._components.sink, self.settings.session_buddy)
+        self._started_at = time.time()
+        self._embedder_down_until = 0.0
+        self._log = get_logger("oneiric_memory.coordinator", domain="adapter", key=self.category,
+                               provider=self.provider)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: MemorySettings | None = None, *, lifecycle: Any | None = None,
+                   background: bool = True) -> AsyncIterator[UnifiedMemory]:
+        """``async with UnifiedMemory.open(settings) as memory:`` — starts adapters and background tasks."""
+        memory = cls(settings, lifecycle=lifecycle)
+        await memory.init(background=background)
+        try:
+            yield memory
+        finally:
+            await memory.cleanup()
+
+    async def init(self, *, background: bool = True) -> None:
+        try:
+            await self._components.start()
+        except BaseException:
+            await self._components.close()
+            raise
+        if background:
+            self._start_background()
+        self._log.info("unified-memory-ready", embedder=self.embedder_note)
+
+    def _start_background(self) -> None:
+        self._stop.clear()
+        if self.settings.session_buddy.enabled and self.settings.session_buddy.relay_enabled:
+            self._tasks.append(asyncio.create_task(self._relay_loop(), name="oneiric-memory-outbox"))
+        if self.settings.coordinator.backfill_enabled:
+            self._tasks.append(asyncio.create_task(self._backfill_loop(), name="oneiric-memory-backfill"))
+        if self.settings.maintenance.auto_enabled:
+            self._tasks.append(asyncio.create_task(self._maintenance_loop(), name="oneiric-memory-maintenance"))
+
+    async def _relay_loop(self) -> None:
+        while not self._stop.is_set():
+            if await self._components.try_activate_sink():
+                with contextlib.suppress(Exception):
+                    report = await self._relay.deliver_due()
+                    if report.delivered and report.delivered == report.attempted:
+                        continue
+            await self._sleep(self.settings.session_buddy.relay_interval_s)
+
+    async def _backfill_loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.backfill()
+            await self._sleep(self.settings.coordinator.backfill_interval_s)
+
+    async def _maintenance_loop(self) -> None:
+        from oneiric_memory.maintenance import run_periodically
+
+        await run_periodically(self._components.store, self.settings, self._stop)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def cleanup(self) -> None:
+        """Stop background tasks, then close the adapters this coordinator started."""
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self._components.close()
+
+    async def __aenter__(self) -> UnifiedMemory:
+        await self.init()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.cleanup()
+
+    @property
+    def embedder_note(self) -> str:
+        return self._components.embedder_note
+
+    @property
+    def store(self) -> PgvectorMemoryStore:
+        return self._components.store()
+
+    @property
+    def embedder(self) -> Embedder | None:
+        return self._components.embedder()
+
+    @property
+    def sink(self) -> Any | None:
+        return self._components.sink()
+
+    @property
+    def relay(self) -> OutboxRelay:
+        return self._relay
+
+    @contextlib.asynccontextmanager
+    async def _admit(self) -> AsyncIterator[None]:
+        """Backpressure: at most ``max_in_flight`` operations; others wait, then fail clearly."""
+        timeout = self.settings.coordinator.admission_timeout_s
+        try:
+            await asyncio.wait_for(self._admission.acquire(), timeout=timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"memory is saturated: {self.settings.coordinator.max_in_flight} operations in flight for "
+                f"{timeout:.1f}s; slow down or raise coordinator.max_in_flight") from None
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._admission.release()
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def remember(self, content: str, memory_type: str = "agent", *, project: str = "default",
+                       source_system: str | None = None, agent_id: str | None = None,
+                       workflow_id: str | None = None, repo_id: str | None = None, session_id: str | None = None,
+                       metadata: Mapping[str, Any] | None = None, expires_at: datetime | None = None) -> UUID:
+        """Store one memory; returns its id (the existing one for a duplicate)."""
+        record = MemoryRecord(content=content, memory_type=memory_type, project=project, source_system=source_system,
+                              agent_id=agent_id, workflow_id=workflow_id, repo_id=repo_id, session_id=session_id,
+                              metadata=dict(metadata or {}), expires_at=expires_at)
+        return (await self.remember_many([record]))[0]
+
+    async def remember_many(self, records: Sequence[MemoryRecord | Mapping[str, Any]]) -> list[UUID]:
+        """Store many memories in one transaction, with their insights queued for Session-Buddy."""
+        built = [_as_record(item, index) for index, item in enumerate(records)]
+        async with self._admit():
+            store = self._components.store()
+            store.validate(built)  # bad input changes nothing, before any embedding work
+            with span("remember", rows=len(built)) as current:
+                await self._embed_records(store, built)
+                insights = [[OutboxInsight(insight_id=insight_id(record.project, found.content), content=found.content,
+                                           insight_type=found.insight_type, topics=tuple(found.topics))
+                             for found in extract_insights(record.content)] for record in built]
+                result = await store.upsert_many(built, insights=insights)
+                current.set_attribute("new", result.new_count)
+                current.set_attribute("pending", sum(1 for r in built if r.embedding is None))
+        return result.ids
+
+    async def _embed_records(self, store: PgvectorMemoryStore, records: list[MemoryRecord]) -> None:
+        """Embed with a bounded wait; on failure the records stay pending (stored, embedded later)."""
+        embedder = self._components.embedder()
+        if embedder is None or time.monotonic() < self._embedder_down_until:
+            return
+        try:
+            async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
+                await store.bind_embedding_model(embedder.model_id)
+                vectors = await embedder.embed_documents([record.content for record in records])
+        except (EmbedderError, TimeoutError) as exc:
+            # Skip the embedder briefly so a burst of writes does not each wait for the timeout.
+            self._embedder_down_until = time.monotonic() + min(5.0, self.settings.coordinator.embed_timeout_s)
+            self._log.warning("embedder-down-storing-pending", error=type(exc).__name__, rows=len(records))
+            return
+        for record, vector in zip(records, vectors, strict=True):
+            record.embedding = vector
+            record.embedding_model = embedder.model_id
+
+    async def store_agent_conversation(self, agent_id: str, role: str, content: str,
+                                       metadata: Mapping[str, Any] | None = None, *, project: str = "default",
+                                       session_id: str | None = None) -> UUID:
+        return await self.remember(content, "agent", project=project, agent_id=agent_id, session_id=session_id,
+                                   source_system="mahavishnu", metadata={**(metadata or {}), "role": role})
+
+    async def store_rag_chunks(self, repo_id: str, chunks: Sequence[str | Mapping[str, Any]], *,
+                               project: str = "default") -> list[UUID]:
+        records: list[MemoryRecord] = []
+        for position, chunk in enumerate(chunks):
+            if isinstance(chunk, str):
+                records.append(MemoryRecord(content=chunk, memory_type="rag", project=project, repo_id=repo_id,
+                                            source_system="mahavishnu", metadata={"chunk": position}))
+            else:
+                meta = dict(chunk.get("metadata") or {})
+                meta.setdefault("chunk", position)
+                records.append(MemoryRecord(content=str(chunk.get("content", "")), memory_type="rag",
+                                            project=project, repo_id=repo_id, source_system="mahavishnu",
+                                            metadata=meta))
+        return await self.remember_many(records)
+
+    async def store_workflow_execution(self, workflow_id: str, summary: str, status: str,
+                                       metadata: Mapping[str, Any] | None = None, *,
+                                       project: str = "default") -> UUID:
+        return await self.remember(summary, "workflow", project=project, workflow_id=workflow_id,
+                                   source_system="mahavishnu", metadata={**(metadata or {}), "status": status})
+
+    async def forget(self, ids: Sequence[UUID | str] | None = None, *, filters: SearchFilters | None = None) -> int:
+        async with self._admit():
+            return await self._components.store().delete(ids, filters=filters)
+
+    async def backfill(self, *, progress: Callable[[int, int], None] | None = None) -> BackfillReport:
+        embedder = self._components.embedder()
+        if embedder is None:
+            return BackfillReport(stopped_reason="no embedder is active")
+        return await backfill(self._components.store(), embedder,
+                              batch_size=self.settings.coordinator.backfill_batch_size, progress=progress)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def _query_vector(self, query: str) -> list[float] | None:
+        embedder = self._components.embedder()
+        if embedder is None or time.monotonic() < self._embedder_down_until:
+            return None
+        try:
+            async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
+                return await embedder.embed_query(query)
+        except (EmbedderError, TimeoutError):
+            self._embedder_down_until = time.monotonic() + min(5.0, self.settings.coordinator.embed_timeout_s)
+            return None
+
+    async def search(self, query: str, *, mode: SearchMode | None = None, memory_types: Sequence[str] | None = None,
+                     filters: SearchFilters | None = None, limit: int | None = None,
+                     projects: Sequence[str] | None = None) -> list[SearchHit]:
+        """Search PostgreSQL. Without a working embedder, vector/hybrid fall back to text search."""
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query must be a non-empty string")
+        effective = _merge_filters(filters, memory_types, projects)
+        mode = mode or self.settings.search.default_mode
+        async with self._admit():
+            store = self._components.store()
+            vector = await self._query_vector(query) if mode in ("vector", "hybrid") else None
+            if mode != "text" and vector is None:
+                mode = "text"  # the embedder is down: text search still answers (pending rows included)
+            hits = await store.search(query_text=query, query_embedding=vector, mode=mode, filters=effective,
+                                      limit=limit)
+        return hits
+
+    async def unified_search(self, query: str, *, limit: int = 10, projects: Sequence[str] | None = None,
+                             mode: SearchMode | None = None) -> UnifiedSearchResult:
+        """PostgreSQL and Session-Buddy concurrently, each with its own timeout, fused by rank (RRF)."""
+        timeout = self.settings.search.unified_timeout_s
+        sources: dict[str, SourceStatus] = {}
+
+        async def timed(name: str, work: Awaitable[list[SearchHit]]) -> list[SearchHit]:
+            watch = Stopwatch()
+            try:
+                async with asyncio.timeout(timeout):
+                    hits = await work
+            except TimeoutError:
+                sources[name] = SourceStatus("timeout", latency_ms=watch.ms, error=f"no answer within {timeout}s")
+                return []
+            except Exception as exc:
+                sources[name] = SourceStatus("error", latency_ms=watch.ms, error=f"{type(exc).__name__}: {exc}"[:300])
+                return []
+            sources[name] = SourceStatus("ok", hits=len(hits), latency_ms=round(watch.ms, 3))
+            return hits
+
+        with span("unified_search", limit=limit) as current:
+            pg_work = timed("postgres", self.search(query, mode=mode, limit=limit, projects=projects))
+            sink = self._components.sink()
+            if sink is None:
+                sources["session_buddy"] = SourceStatus(
+                    "disabled" if not self.settings.session_buddy.enabled else "error",
+                    error=self._components.sink_note or None)
+                pg_hits, sb_hits = await pg_work, []
+            else:
+                pg_hits, sb_hits = await asyncio.gather(
+                    pg_work, timed("session_buddy", self._insight_hits(sink, query, limit, projects)))
+            fused = _rrf([pg_hits, sb_hits], k=self.settings.search.rrf_k)[:limit]
+            current.set_attribute("hits", len(fused))
+        return UnifiedSearchResult(hits=fused, sources=sources)
+
+    async def _insight_hits(self, sink: Any, query: str, limit: int,
+                            projects: Sequence[str] | None) -> list[SearchHit]:
+        found = await sink.search_insights(query, limit=limit, projects=projects)
+        hits: list[SearchHit] = []
+        for item in found:
+            try:
+                hit_id = UUID(str(item.id))
+            except ValueError:
+                import uuid as _uuid
+
+                hit_id = _uuid.uuid5(_uuid.NAMESPACE_URL, f"session-buddy:{item.id}")
+            hits.append(SearchHit(id=hit_id, content=item.content, memory_type="insight",
+                                  project=item.project or "default",
+                                  metadata={"session_buddy_id": str(item.id), "insight_type": item.insight_type,
+                                            "topics": list(item.topics)},
+                                  score=float(item.score or 0.0), source="session_buddy"))
+        return hits
+
+    # --- health ----------------------------------------------------------------------------------
+
+    async def _backlog(self) -> dict[str, Any]:
+        status = await self._relay.status()
+        return status.as_dict()
+
+    async def component_healths(self) -> list[ComponentHealth]:
+        parts: list[ComponentHealth] = []
+        try:
+            parts.append(await self._components.store().component_health())
+        except Exception as exc:
+            parts.append(ComponentHealth(name="memory_store", status=HealthStatus.UNHEALTHY,
+                                         message=f"{type(exc).__name__}: {exc}"[:300]))
+        embedder = self._components.embedder()
+        if embedder is None:
+            parts.append(ComponentHealth(name="embedding", status=HealthStatus.DEGRADED,
+                                         message="no embedder: memories are stored pending"))
+        else:
+            health = await embedder.component_health()
+            health.metadata["note"] = self.embedder_note
+            if "hashing" in embedder.model_id and self.settings.embedder.provider == "auto":
+                health = ComponentHealth(name=health.name, status=max(health.status, HealthStatus.DEGRADED),
+                                         message=self.embedder_note, latency_ms=health.latency_ms,
+                                         metadata=health.metadata)
+            parts.append(health)
+        sink = self._components.sink()
+        if not self.settings.session_buddy.enabled:
+            parts.append(ComponentHealth(name="insight_sink", status=HealthStatus.HEALTHY, message="disabled"))
+        elif sink is None:
+            parts.append(ComponentHealth(name="insight_sink", status=HealthStatus.DEGRADED,
+                                         message=f"Session-Buddy {self._components.sink_note}; insights stay queued"))
+        else:
+            health = await sink.component_health()
+            if health.status == HealthStatus.UNHEALTHY:  # an optional part degrades, never fails, the whole
+                health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED, message=health.message,
+                                         latency_ms=health.latency_ms, metadata=health.metadata)
+            parts.append(health)
+        try:
+            pending = await self._components.store().count_pending()
+            backlog = await self._relay.status()
+            parts.append(ComponentHealth(
+                name="pipeline", status=HealthStatus.DEGRADED if pending or (
+                    backlog.oldest_pending_age_s or 0) > self.settings.session_buddy.degraded_backlog_age_s
+                else HealthStatus.HEALTHY,
+                message=f"{pending} embeddings pending, {backlog.pending} insights queued",
+                metadata={"pending_embeddings": pending, "in_flight": self._in_flight, **backlog.as_dict()}))
+        except Exception as exc:
+            parts.append(ComponentHealth(name="pipeline", status=HealthStatus.DEGRADED,
+                                         message=f"{type(exc).__name__}"))
+        return parts
+
+    async def health(self) -> HealthCheckResponse:
+        """Aggregated health of every part (worst status wins; optional parts only degrade)."""
+        return HealthCheckResponse.create(components=await self.component_healths(), version=__version__,
+                                          start_time=self._started_at,
+                                          metadata={"package": "oneiric-memory", "embedder": self.embedder_note})
+
+    async def component_health(self) -> ComponentHealth:
+        response = await self.health()
+        return ComponentHealth(name="memory", status=response.status, message=f"{len(response.components)} parts",
+                               metadata={c.name: c.to_dict() for c in response.components})
+
+    async def is_healthy(self) -> bool:
+        """Oneiric's liveness probe: only the store is required."""
+        try:
+            return await self._components.store().health()
+        except Exception:
+            return False
+
+
+def _as_record(item: MemoryRecord | Mapping[str, Any], index: int) -> MemoryRecord:
+    if isinstance(item, MemoryRecord):
+        return item
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"record {index} must be a MemoryRecord or a mapping", index=index)
+    allowed = set(MemoryRecord.__dataclass_fields__) - {"embedding", "embedding_model"}
+    unknown = set(item) - allowed
+    if unknown:
+        raise InvalidInput(f"record {index} has unknown fields {sorted(unknown)}", index=index)
+    try:
+        return MemoryRecord(**dict(item))
+    except TypeError as exc:
+        raise InvalidInput(f"record {index}: {exc}", index=index) from None
+
+
+def _merge_filters(filters: SearchFilters | None, memory_types: Sequence[str] | None,
+                   projects: Sequence[str] | None) -> SearchFilters | None:
+    if memory_types is None and projects is None:
+        return filters
+    merged = SearchFilters(**{name: getattr(filters, name) for name in SearchFilters.__dataclass_fields__}) \
+        if filters is not None else SearchFilters()
+    if memory_types is not None:
+        unknown = [t for t in memory_types if t not in MEMORY_TYPES]
+        if unknown:
+            raise InvalidInput(f"unknown memory types {unknown}; use {', '.join(MEMORY_TYPES)}")
+        merged.memory_types = list(memory_types)
+    if projects is not None:
+        merged.projects = list(projects)
+    return merged
+
+
+def _rrf(rankings: Sequence[Sequence[SearchHit]], *, k: int) -> list[SearchHit]:
+    """Reciprocal-rank fusion: scores from different embedding spaces are not comparable, ranks are."""
+    scores: dict[tuple[str, UUID], float] = {}
+    first: dict[tuple[str, UUID], SearchHit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            key = (hit.source, hit.id)
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+            first.setdefault(key, hit)
+    fused = []
+    for key, score in sorted(scores.items(), key=lambda item: -item[1]):
+        hit = first[key]
+        fused.append(SearchHit(**{**{name: getattr(hit, name) for name in SearchHit.__dataclass_fields__},
+                                  "score": score}))
+    return fused
+
+
+async def unified_memory_factory() -> UnifiedMemory:
+    """Oneiric factory: settings from the layers, adapters started, background tasks running."""
+    memory = UnifiedMemory(load_settings())
+    await memory.init()
+    return memory
