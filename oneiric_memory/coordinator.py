@@ -461,7 +461,8 @@ class UnifiedMemory:
                 sources["session_buddy"] = SourceStatus(
                     "disabled" if not self.settings.session_buddy.enabled else "error",
                     error=self._components.sink_note or None)
-                pg_hits, sb_hits = await pg_work, []
+                sb_hits: list[SearchHit] = []
+                pg_hits = await pg_work
             else:
                 pg_hits, sb_hits = await asyncio.gather(
                     pg_work, timed("session_buddy", self._insight_hits(sink, query, limit, projects)))

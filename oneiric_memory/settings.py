@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from oneiric_memory.errors import ConfigurationError
 
@@ -37,6 +37,7 @@ __all__ = [
     "SessionBuddySettings",
     "TaskPrefixes",
     "default_cache_dir",
+    "defaults_document",
     "load_settings",
     "validate_identifier",
 ]
@@ -63,7 +64,9 @@ def default_cache_dir() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+    # hide_input_in_errors: a rejected value may be a password, so pydantic must never echo it.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True,
+                              hide_input_in_errors=True)
 
 
 class PostgresSettings(_Section):
@@ -110,6 +113,16 @@ class PostgresSettings(_Section):
     @classmethod
     def _safe_identifier(cls, value: str) -> str:
         return validate_identifier(value)
+
+    @model_validator(mode="after")
+    def _indexable_dimension(self) -> PostgresSettings:
+        """pgvector indexes (HNSW, IVFFlat) take at most 2,000 ``vector`` or 4,000 ``halfvec`` dimensions."""
+        limit = 2000 if self.vector_type == "vector" else 4000
+        if self.vector_dimension > limit:
+            raise ValueError(
+                f"vector_dimension {self.vector_dimension} is too large for an indexed {self.vector_type} column "
+                f"(at most {limit}): use vector_type halfvec (up to 4000) or a smaller embedding dimension")
+        return self
 
     @property
     def embedded(self) -> bool:
@@ -221,7 +234,8 @@ class CoordinatorSettings(_Section):
 class MemorySettings(BaseModel):
     """The whole settings tree; see the module docstring for the layering."""
 
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_assignment=True,
+                              hide_input_in_errors=True)
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
@@ -357,5 +371,15 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
             if loc[:cut] in sources:
                 source = sources[loc[:cut]]
                 break
+        else:  # a section-level error (model validator): name the layers that set keys inside it
+            inside = sorted({label for path, label in sources.items() if path[:len(loc)] == loc})
+            source = ", ".join(inside) or source
         lines.append(f"  {SETTINGS_BLOCK}.{'.'.join(loc)}: {error['msg']} (from {source})")
     return "\n".join(lines)
+
+
+def defaults_document() -> dict[str, Any]:
+    """Every setting with its default, as the ``oneiric_memory:`` YAML block (machine paths left out)."""
+    document = MemorySettings().model_dump(mode="json")
+    document.pop("cache_dir", None)
+    return document
