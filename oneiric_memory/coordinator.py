@@ -24,7 +24,7 @@ from oneiric_memory import __version__
 from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.embedding import Embedder
-from oneiric_memory.errors import EmbedderError, InvalidInput, OneiricMemoryError, StoreUnavailable
+from oneiric_memory.errors import EmbedderError, InvalidInput, OneiricMemoryError, SchemaMismatch, StoreUnavailable
 from oneiric_memory.insights import extract_insights, insight_id
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
@@ -123,7 +123,16 @@ class _Components:
     async def start(self) -> None:
         if not self.owned and self.lifecycle.get_instance(DOMAIN, "memory_store") is not None:
             return
-        await self.lifecycle.activate(DOMAIN, "memory_store", "pgvector")
+        from oneiric.core.lifecycle import LifecycleError
+
+        try:
+            await self.lifecycle.activate(DOMAIN, "memory_store", "pgvector")
+        except LifecycleError as exc:  # callers handle one hierarchy: surface our own error, or say what failed
+            cause = exc.__cause__
+            if isinstance(cause, OneiricMemoryError):
+                raise cause from None
+            raise StoreUnavailable(f"the memory store did not start ({exc}); check the postgres settings "
+                                   "and that PostgreSQL is reachable") from exc
         await self._activate_embedder()
         await self.try_activate_sink()
 
@@ -135,6 +144,12 @@ class _Components:
             await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
             self.embedder_note = "using the hashing embedder (lexical only), as embedder.provider is 'hashing'"
             return
+        if provider == "auto" and not await self._ollama_answers():
+            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
+            self.embedder_note = (f"Ollama is not reachable at {self.settings.embedder.base_url}: start it with "
+                                  "`ollama serve` or set oneiric_memory.embedder.base_url; fell back to the "
+                                  "hashing embedder (lexical only)")
+            return
         try:
             await self.lifecycle.activate(DOMAIN, "embedding", "ollama")
             self.embedder_note = f"using Ollama model {self.settings.embedder.model} at {self.settings.embedder.base_url}"
@@ -145,6 +160,18 @@ class _Components:
                 raise cause from None
             await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
             self.embedder_note = f"{reason.rstrip('.')}; fell back to the hashing embedder (lexical only)"
+
+    async def _ollama_answers(self) -> bool:
+        """A cheap reachability probe, so ``auto`` falls back without a failed activation in the logs."""
+        import httpx
+
+        url = self.settings.embedder.base_url.rstrip("/") + "/api/tags"
+        try:
+            async with httpx.AsyncClient(timeout=self.settings.embedder.connect_timeout_s) as client:
+                response = await client.get(url)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
 
     async def try_activate_sink(self) -> bool:
         """Start the Session-Buddy sink if enabled; failure leaves insights queued, never lost."""
@@ -243,11 +270,14 @@ class UnifiedMemory:
 
     async def _relay_loop(self) -> None:
         while not self._stop.is_set():
-            if await self._components.try_activate_sink():
-                with contextlib.suppress(Exception):
+            try:
+                if await self._components.try_activate_sink():
                     report = await self._relay.deliver_due()
                     if report.delivered and report.delivered == report.attempted:
-                        continue
+                        continue  # more may be due right away
+                await self._relay.status()  # refreshes the backlog gauges
+            except Exception as exc:  # keep the loop alive; rows stay queued and the next round retries
+                self._log.warning("outbox-relay-error", error=type(exc).__name__)
             await self._sleep(self.settings.session_buddy.relay_interval_s)
 
     async def _backfill_loop(self) -> None:
@@ -312,7 +342,9 @@ class UnifiedMemory:
         except TimeoutError:
             raise StoreUnavailable(
                 f"memory is saturated: {self.settings.coordinator.max_in_flight} operations in flight for "
-                f"{timeout:.1f}s; slow down or raise coordinator.max_in_flight") from None
+                f"{timeout:.1f}s; slow down, or raise coordinator.max_in_flight (or "
+                "coordinator.admission_timeout_s)", max_in_flight=self.settings.coordinator.max_in_flight,
+                admission_timeout_s=timeout) from None
         self._in_flight += 1
         try:
             yield
@@ -355,7 +387,8 @@ class UnifiedMemory:
             return
         try:
             async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
-                await store.bind_embedding_model(embedder.model_id)
+                if store.embedding_model != embedder.model_id:  # first use, or a swapped model: meta check
+                    await store.bind_embedding_model(embedder.model_id)
                 vectors = await embedder.embed_documents([record.content for record in records])
         except (EmbedderError, TimeoutError) as exc:
             # Skip the embedder briefly so a burst of writes does not each wait for the timeout.
@@ -401,15 +434,24 @@ class UnifiedMemory:
         embedder = self._components.embedder()
         if embedder is None:
             return BackfillReport(stopped_reason="no embedder is active")
-        return await backfill(self._components.store(), embedder,
-                              batch_size=self.settings.coordinator.backfill_batch_size, progress=progress)
+        report = await backfill(self._components.store(), embedder,
+                                batch_size=self.settings.coordinator.backfill_batch_size, progress=progress)
+        if report.embedded and report.stopped_reason is None:
+            self._embedder_down_until = 0.0  # the embedder answered again: stop skipping it
+        return report
 
     # --- reads -----------------------------------------------------------------------------------
 
-    async def _query_vector(self, query: str) -> list[float] | None:
+    async def _query_vector(self, store: PgvectorMemoryStore, query: str) -> list[float] | None:
         embedder = self._components.embedder()
         if embedder is None or time.monotonic() < self._embedder_down_until:
             return None
+        if store.embedding_model is not None and store.embedding_model != embedder.model_id:
+            raise SchemaMismatch(
+                f"this database holds vectors from {store.embedding_model!r} but the active embedder is "
+                f"{embedder.model_id!r}: its query vectors would be meaningless here. Switch back to "
+                f"{store.embedding_model!r}, or run `oneiric-memory db reembed`",
+                stored_model=store.embedding_model, configured_model=embedder.model_id)
         try:
             async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
                 return await embedder.embed_query(query)
@@ -425,9 +467,11 @@ class UnifiedMemory:
             raise InvalidInput("query must be a non-empty string")
         effective = _merge_filters(filters, memory_types, projects)
         mode = mode or self.settings.search.default_mode
+        if mode not in ("vector", "text", "hybrid"):  # checked here: the text fallback below must not hide it
+            raise InvalidInput(f"mode {mode!r} is unknown; use vector, text or hybrid", field="mode")
         async with self._admit():
             store = self._components.store()
-            vector = await self._query_vector(query) if mode in ("vector", "hybrid") else None
+            vector = await self._query_vector(store, query) if mode in ("vector", "hybrid") else None
             if mode != "text" and vector is None:
                 mode = "text"  # the embedder is down: text search still answers (pending rows included)
             hits = await store.search(query_text=query, query_embedding=vector, mode=mode, filters=effective,
@@ -492,7 +536,8 @@ class UnifiedMemory:
 
     async def _backlog(self) -> dict[str, Any]:
         status = await self._relay.status()
-        return status.as_dict()
+        # The sink's health reads ``oldest_age_s`` (see session_buddy_sink.BacklogProvider).
+        return {**status.as_dict(), "oldest_age_s": status.oldest_pending_age_s}
 
     async def component_healths(self) -> list[ComponentHealth]:
         parts: list[ComponentHealth] = []
@@ -506,12 +551,21 @@ class UnifiedMemory:
             parts.append(ComponentHealth(name="embedding", status=HealthStatus.DEGRADED,
                                          message="no embedder: memories are stored pending"))
         else:
-            health = await embedder.component_health()
+            try:
+                health = await embedder.component_health()
+            except Exception as exc:
+                health = ComponentHealth(name="embedding", status=HealthStatus.UNHEALTHY,
+                                         message=f"health check failed: {type(exc).__name__}")
             health.metadata["note"] = self.embedder_note
             if "hashing" in embedder.model_id and self.settings.embedder.provider == "auto":
                 health = ComponentHealth(name=health.name, status=max(health.status, HealthStatus.DEGRADED),
                                          message=self.embedder_note, latency_ms=health.latency_ms,
                                          metadata=health.metadata)
+            if health.status == HealthStatus.UNHEALTHY:  # writes are kept pending and text search answers
+                health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED,
+                                         message=f"{health.message}; memories are stored pending and search "
+                                                 "falls back to text until it is back",
+                                         latency_ms=health.latency_ms, metadata=health.metadata)
             parts.append(health)
         sink = self._components.sink()
         if not self.settings.session_buddy.enabled:

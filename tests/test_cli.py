@@ -1,0 +1,97 @@
+"""The command line, run as a subprocess exactly as the README says: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from oneiric_memory.cli import EXIT_CODES
+from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from tests.cli_helpers import run_cli, store_env
+
+
+@pytest.fixture
+def cli_env(pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> dict[str, str]:
+    return store_env(pg_data_dir, f"cli_{uuid.uuid4().hex[:10]}")
+
+
+def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    """`uv run oneiric-memory demo` with nothing configured: its own embedded server, corpus, searches, health."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(home), "XDG_RUNTIME_DIR": str(tmp_path),
+           # Ollama is not installable here; a closed port makes the demo take its documented fallback.
+           "MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__BASE_URL": "http://127.0.0.1:9"}
+    result = run_cli(["demo"], cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "fell back to the hashing embedder" in out
+    assert "stored" in out and "memories" in out
+    assert "search: 'why does a filtered vector search return too few rows'" in out
+    assert "health:" in out and "memory_store" in out
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "cache" / "oneiric-memory" / "pgdata" / "PG_VERSION").is_file()
+    # the server is stopped when the demo exits (no process keeps the folder)
+    assert not (tmp_path / "cache" / "oneiric-memory" / "pgdata" / "postmaster.pid").exists()
+
+
+def test_remember_search_and_json_output(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    stored = run_cli(["remember", "The canary query found an invalid HNSW index", "--type", "workflow",
+                      "--project", "ops", "--metadata", '{"run": 7}'], cwd=tmp_path, env=cli_env)
+    assert stored.returncode == 0, stored.stderr
+    memory_id = stored.stdout.strip().splitlines()[-1]
+    uuid.UUID(memory_id)
+    found = run_cli(["search", "invalid HNSW index", "--mode", "text", "--project", "ops", "--json"],
+                    cwd=tmp_path, env=cli_env)
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert hits[0]["id"] == memory_id
+    assert hits[0]["metadata"] == {"run": 7}
+    assert hits[0]["memory_type"] == "workflow"
+    health = run_cli(["health", "--json"], cwd=tmp_path, env=cli_env)
+    assert health.returncode == 0, health.stderr
+    payload = json.loads(health.stdout)
+    assert {c["name"] for c in payload["components"]} >= {"memory_store", "embedding", "insight_sink"}
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "code", "needle"),
+    [
+        (["remember", "x", "--type", "bogus"], {}, EXIT_CODES["invalid_input"], "memory_type 'bogus' is unknown"),
+        (["search", "x", "--limit", "0"], {}, EXIT_CODES["usage"], "limit"),
+        (["search", "x"], {"MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__PORT": "not-a-port"},
+         EXIT_CODES["configuration"], "MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__PORT"),
+        (["remember", "x", "--metadata", "[1, 2]"], {}, EXIT_CODES["usage"], "JSON object"),
+    ],
+)
+def test_errors_are_one_line_with_stable_exit_codes(tmp_path: Path, cli_env: dict[str, str], args: list[str],
+                                                    env_extra: dict[str, str], code: int, needle: str) -> None:
+    result = run_cli(args, cwd=tmp_path, env={**cli_env, **env_extra})
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_db_current_and_outbox_status(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    upgraded = run_cli(["db", "upgrade"], cwd=tmp_path, env=cli_env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = run_cli(["db", "current"], cwd=tmp_path, env=cli_env)
+    assert current.returncode == 0, current.stderr
+    assert "current" in current.stdout and "head" in current.stdout
+    revision_words = current.stdout.split()
+    assert revision_words[revision_words.index("current") + 1].rstrip(",") == \
+        revision_words[revision_words.index("head") + 1]
+    status = run_cli(["outbox", "status", "--json"], cwd=tmp_path, env=cli_env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["pending"] == 0
+
+
+def test_remember_reads_stdin_and_debug_shows_traceback(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    stored = run_cli(["remember", "-"], cwd=tmp_path, env=cli_env, stdin="text from a pipe about pgvector")
+    assert stored.returncode == 0, stored.stderr
+    failing = run_cli(["--debug", "remember", "x", "--type", "bogus"], cwd=tmp_path, env=cli_env)
+    assert failing.returncode != 0
+    assert "Traceback" in failing.stderr
