@@ -39,6 +39,7 @@ __all__ = [
     "default_cache_dir",
     "defaults_document",
     "load_settings",
+    "settings_reference",
     "validate_identifier",
 ]
 
@@ -383,3 +384,27 @@ def defaults_document() -> dict[str, Any]:
     document = MemorySettings().model_dump(mode="json")
     document.pop("cache_dir", None)
     return document
+
+
+def settings_reference() -> list[tuple[str, str, str, str]]:
+    """(key, default, env variable, description) for every setting: the source of docs/configuration.md."""
+    rows: list[tuple[str, str, str, str]] = []
+    defaults = MemorySettings()
+    for section_name, section_field in MemorySettings.model_fields.items():
+        section = getattr(defaults, section_name)
+        if not isinstance(section, BaseModel):
+            rows.append((section_name, "<cache dir>" if section_name == "cache_dir" else repr(section),
+                         f"{ENV_PREFIX}{section_name.upper()}", section_field.description or ""))
+            continue
+        for name, field in type(section).model_fields.items():
+            value = getattr(section, name)
+            if isinstance(value, SecretStr):
+                shown = "(secret)"
+            elif isinstance(value, dict):
+                shown = ", ".join(f"{k}: {v.model_dump() if isinstance(v, BaseModel) else v}"
+                                  for k, v in value.items())
+            else:
+                shown = "null" if value is None else str(value)
+            rows.append((f"{section_name}.{name}", shown, f"{ENV_PREFIX}{section_name.upper()}__{name.upper()}",
+                         field.description or ""))
+    return rows

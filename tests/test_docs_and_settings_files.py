@@ -1,0 +1,50 @@
+"""The shipped docs and example settings stay in sync with the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from oneiric_memory.settings import MemorySettings, defaults_document, load_settings, settings_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_configuration_doc_lists_every_key_default_and_env_name() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for key, default, env, _ in settings_reference():
+        assert f"`{key}`" in text, key
+        assert f"`{env}`" in text, env
+        assert f"`{default}`" in text, (key, default)
+
+
+def test_mahavishnu_example_holds_every_default_and_loads() -> None:
+    document = yaml.safe_load((ROOT / "settings" / "mahavishnu.yaml").read_text(encoding="utf-8"))
+    assert document["oneiric_memory"] == defaults_document()
+    assert document["plugins"]["auto_load"] is True
+    # Mahavishnu 0.14 rejects unknown keys in its nested groups; only new top-level blocks are safe.
+    assert set(document) <= {"plugins", "oneiric_memory"}
+    settings = load_settings(root=ROOT, environ={})
+    assert settings.model_dump(exclude={"cache_dir"}) == MemorySettings().model_dump(exclude={"cache_dir"})
+
+
+def test_oneiric_settings_select_this_package_in_every_category() -> None:
+    document = yaml.safe_load((ROOT / "settings" / "oneiric.yaml").read_text(encoding="utf-8"))
+    assert document["plugins"]["auto_load"] is True
+    assert document["adapters"]["selections"] == {
+        "memory_store": "pgvector", "embedding": "ollama", "insight_sink": "session_buddy", "memory": "unified"}
+
+
+def test_local_example_is_valid() -> None:
+    document = yaml.safe_load((ROOT / "settings" / "local.yaml.example").read_text(encoding="utf-8"))
+    MemorySettings.model_validate(document["oneiric_memory"])
+
+
+def test_readme_gives_exactly_the_two_setup_commands() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["uv run oneiric-memory demo", "uv run pytest"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "\nuv run pytest\n" in ci
