@@ -1,0 +1,65 @@
+"""The real `oneiric` CLI, run as a subprocess in a folder holding this repo's settings/, sees, explains,
+activates and health-probes all four adapter categories of this package (end-to-end entry-point client)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from tests.cli_helpers import run_cli, store_env
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORIES = {"memory_store": "pgvector", "embedding": "ollama", "insight_sink": "session_buddy", "memory": "unified"}
+
+
+@pytest.fixture
+def oneiric_folder(tmp_path: Path) -> Path:
+    (tmp_path / "settings").mkdir()
+    shutil.copy(ROOT / "settings" / "oneiric.yaml", tmp_path / "settings" / "oneiric.yaml")
+    return tmp_path
+
+
+def _json_payload(stdout: str) -> dict[str, object]:
+    start = stdout.index("\n{") + 1 if not stdout.startswith("{") else 0
+    return json.loads(stdout[start:])  # type: ignore[no-any-return]
+
+
+def test_oneiric_cli_lists_explains_activates_and_probes(oneiric_folder: Path, pg_server: EmbeddedConnectInfo,
+                                                         pg_data_dir: Path) -> None:
+    env = {**store_env(pg_data_dir, f"onc_{uuid.uuid4().hex[:10]}"),
+           "MAHAVISHNU_ONEIRIC_MEMORY__SESSION_BUDDY__ENABLED": "true",
+           "MAHAVISHNU_ONEIRIC_MEMORY__SESSION_BUDDY__MODE": "in_process",
+           "MAHAVISHNU_ONEIRIC_MEMORY__SESSION_BUDDY__DATABASE_PATH": str(oneiric_folder / "reflection.duckdb"),
+           # Session-Buddy writes under HOME; a folder that does not exist keeps its offline start quick.
+           "HOME": str(oneiric_folder / "no-home"), "XDG_CACHE_HOME": str(oneiric_folder / "cache")}
+
+    listed = run_cli(["--suppress-events", "list", "--domain", "adapter"], cwd=oneiric_folder, env=env,
+                     program="oneiric")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for category, provider in CATEGORIES.items():
+        assert f"{category}/{provider}" in listed.stdout and "source=entry_point" in listed.stdout
+
+    explained = run_cli(["--suppress-events", "explain", "embedding"], cwd=oneiric_folder, env=env, program="oneiric")
+    assert explained.returncode == 0, explained.stderr[-2000:]
+    assert "ollama" in explained.stdout and "hashing" in explained.stdout
+
+    for category, provider in (("memory_store", None), ("embedding", "hashing"), ("insight_sink", None),
+                               ("memory", None)):
+        args = ["--suppress-events", "swap", category] + (["--provider", provider] if provider else [])
+        swapped = run_cli(args, cwd=oneiric_folder, env=env, program="oneiric")
+        assert swapped.returncode == 0, swapped.stderr[-3000:]
+        assert f"Swapped adapter:{category}" in swapped.stdout, swapped.stdout[-2000:]
+
+    health = run_cli(["--suppress-events", "health", "--json"], cwd=oneiric_folder, env=env, program="oneiric")
+    assert health.returncode == 0, health.stderr[-2000:]
+    statuses = {entry["key"]: entry for entry in _json_payload(health.stdout)["lifecycle"]}  # type: ignore[union-attr,index]
+    for category in CATEGORIES:
+        assert statuses[category]["state"] == "ready", statuses[category]
+        assert statuses[category]["last_error"] is None
+        assert statuses[category]["last_health_at"] is not None  # the activation health probe ran and passed
+    assert statuses["embedding"]["current_provider"] == "hashing"
