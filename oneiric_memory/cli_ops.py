@@ -1,0 +1,169 @@
+"""Operations commands: ``maintain``, ``stats``, ``doctor``, ``backup`` and ``restore`` (mounted by ``cli.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from oneiric_memory.cli import _open_store, _progress, console, run
+
+__all__ = ["register"]
+
+maintain_app = typer.Typer(help="Maintenance: vacuum, autovacuum, reindex, expire, auto.", no_args_is_help=True)
+
+
+def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
+    if as_json:
+        console.print_json(data=data)
+        return
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value", overflow="fold", max_width=100)
+    for key, value in data.items():
+        table.add_row(str(key), str(value))
+    console.print(table)
+
+
+async def _with_maintenance(action: str, **kwargs: Any) -> dict[str, Any]:
+    from oneiric_memory.maintenance import Maintenance
+
+    store = await _open_store()
+    try:
+        with _progress(f"maintain {action}", None):
+            report = await getattr(Maintenance(store), action)(**kwargs)
+    finally:
+        await store.cleanup()
+    if isinstance(report, int):
+        return {"deleted": report}
+    return dict(report.to_dict())
+
+
+@maintain_app.command("vacuum")
+def maintain_vacuum(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """VACUUM (ANALYZE) the package's tables; sizes before and after."""
+    _print(run(lambda: _with_maintenance("vacuum")), as_json, "vacuum")
+
+
+@maintain_app.command("autovacuum")
+def maintain_autovacuum(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Apply per-table autovacuum settings tuned for this write pattern (idempotent)."""
+    _print(run(lambda: _with_maintenance("apply_autovacuum")), as_json, "autovacuum")
+
+
+@maintain_app.command("reindex")
+def maintain_reindex(
+    index_type: Annotated[str | None, typer.Option("--index-type", help="hnsw | ivfflat (default: settings)")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rebuild the vector index (HNSW concurrently; IVFFlat with lists from the row count)."""
+    if index_type not in (None, "hnsw", "ivfflat"):
+        raise typer.BadParameter("--index-type must be hnsw or ivfflat")
+    _print(run(lambda: _with_maintenance("reindex", index_type=index_type)), as_json, "reindex")
+
+
+@maintain_app.command("expire")
+def maintain_expire(batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+                    as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Delete memories past expires_at, in bounded batches."""
+    _print(run(lambda: _with_maintenance("expire", batch_size=batch_size)), as_json, "expire")
+
+
+@maintain_app.command("auto")
+def maintain_auto(dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Do only what the statistics say is due (for cron)."""
+    _print(run(lambda: _with_maintenance("auto", dry_run=dry_run)), as_json, "maintain auto")
+
+
+def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Pool, tables, indexes, vector index, slow queries and outbox numbers."""
+
+    async def work() -> dict[str, Any]:
+        from oneiric_memory.monitoring import Monitor
+
+        store = await _open_store()
+        try:
+            return dict((await Monitor(store).stats()).to_dict())
+        finally:
+            await store.cleanup()
+
+    _print(run(work), as_json, "stats")
+
+
+def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
+           canary: Annotated[bool, typer.Option(help="Run the recall canary.")] = True) -> None:
+    """Health score and findings, each with what to do (exit 7 on a critical finding)."""
+
+    async def work() -> dict[str, Any]:
+        from oneiric_memory.monitoring import Monitor
+
+        store = await _open_store()
+        try:
+            return dict((await Monitor(store).doctor(canary=canary)).to_dict())
+        finally:
+            await store.cleanup()
+
+    report = run(work)
+    if as_json:
+        console.print_json(data=report)
+    else:
+        console.print(f"[bold]health score {report['score']}[/] ({report['status']})")
+        table = Table(show_header=True)
+        table.add_column("severity")
+        table.add_column("code")
+        table.add_column("what to do", overflow="fold", max_width=100)
+        for finding in report["findings"]:
+            table.add_row(finding["severity"], finding["code"], finding["message"])
+        console.print(table)
+    if any(f["severity"] == "critical" for f in report["findings"]):
+        raise typer.Exit(7)
+
+
+def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump custom format).")]) -> None:
+    """Back up the package's schema with pg_dump (custom format)."""
+
+    async def work() -> Any:
+        from oneiric_memory.backup import backup as run_backup
+
+        store = await _open_store()
+        try:
+            with _progress("pg_dump", None):
+                return await run_backup(store, path)
+        finally:
+            await store.cleanup()
+
+    result = run(work)
+    console.print(f"wrote {result.path} ({result.bytes} bytes, {result.entries} entries) in {result.duration_s:.1f}s")
+
+
+def restore(path: Annotated[Path, typer.Argument(help="Archive written by `backup`.")],
+            yes: Annotated[bool, typer.Option("--yes", help="Confirm replacing the schema's contents.")] = False
+            ) -> None:
+    """Restore a backup into the configured database (replaces the schema's objects)."""
+    if not yes:
+        raise typer.BadParameter("restore replaces the schema's tables; pass --yes to confirm")
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} does not exist")
+
+    async def work() -> Any:
+        from oneiric_memory.backup import restore as run_restore
+        from oneiric_memory.cli import _settings
+
+        with _progress("pg_restore", None):
+            return await run_restore(_settings(), path)
+
+    result = run(work)
+    console.print(f"restored {result.path} into schema {result.schema} in {result.duration_s:.1f}s")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(maintain_app, name="maintain")
+    app.command("stats")(stats)
+    app.command("doctor")(doctor)
+    app.command("backup")(backup)
+    app.command("restore")(restore)
+
+
