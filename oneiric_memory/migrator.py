@@ -50,6 +50,11 @@ class Migrator:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(self._config()).get_current_head()
 
+    def revisions(self) -> list[str]:
+        """Every revision id, oldest first (the order ``upgrade`` applies them)."""
+        return [script.revision for script in reversed(list(ScriptDirectory.from_config(self._config())
+                                                            .walk_revisions()))]
+
     async def _run(self, action: str, revision: str) -> str | None:
         params = self._params
         engine = create_async_engine(
@@ -63,7 +68,8 @@ class Migrator:
         def work(connection: Connection) -> str | None:
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
                                {"key": f"oneiric_memory.migrate.{schema}"})
-            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            if action == "upgrade":  # `current` and `downgrade` must not create anything
+                connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             config.attributes["connection"] = connection
             if action == "upgrade":
                 command.upgrade(config, revision)

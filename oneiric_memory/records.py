@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ SearchMode = Literal["vector", "text", "hybrid"]
 
 _MAX_ID_CHARS = 512
 _MAX_METADATA_BYTES = 256_000
+_MAX_METADATA_DEPTH = 64
 
 
 def normalize_content(text: str) -> str:
@@ -65,11 +67,25 @@ def _check_text(name: str, value: str | None, *, limit: int, index: int | None) 
                            index=index) from None
 
 
-def _check_json(value: Any, *, index: int | None, path: str = "metadata") -> None:
+def _check_json_string(value: str, *, where: str, path: str, what: str, index: int | None) -> None:
+    """JSONB rejects ``\\u0000`` and unpaired surrogate escapes: refuse them here, not in the database."""
+    if "\x00" in value:
+        raise InvalidInput(f"{where}{path} {what} a NUL byte; JSONB cannot store it", field=path, index=index)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where}{path} {what} a lone surrogate and is not valid UTF-8", field=path,
+                           index=index) from None
+
+
+def _check_json(value: Any, *, index: int | None, path: str = "metadata", depth: int = 0) -> None:
     where = f"record {index}: " if index is not None else ""
+    if depth > _MAX_METADATA_DEPTH:  # also stops self-referencing containers before a RecursionError
+        raise InvalidInput(f"{where}{path} nests deeper than {_MAX_METADATA_DEPTH} levels (or refers to itself)",
+                           field="metadata", index=index)
     if value is None or isinstance(value, (bool, int, str)):
-        if isinstance(value, str) and "\x00" in value:
-            raise InvalidInput(f"{where}{path} contains a NUL byte; JSONB cannot store it", field=path, index=index)
+        if isinstance(value, str):
+            _check_json_string(value, where=where, path=path, what="contains", index=index)
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -78,15 +94,14 @@ def _check_json(value: Any, *, index: int | None, path: str = "metadata") -> Non
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidInput(f"{where}{path} has a non-string key {key!r}; JSON keys are strings",
+                raise InvalidInput(f"{where}{path} has a non-string key {repr(key)[:64]}; JSON keys are strings",
                                    field=path, index=index)
-            if "\x00" in key:
-                raise InvalidInput(f"{where}{path} has a key with a NUL byte", field=path, index=index)
-            _check_json(item, index=index, path=f"{path}.{key}")
+            _check_json_string(key, where=where, path=path, what="has a key with", index=index)
+            _check_json(item, index=index, path=f"{path}.{key[:64]}", depth=depth + 1)
         return
     if isinstance(value, (list, tuple)):
         for position, item in enumerate(value):
-            _check_json(item, index=index, path=f"{path}[{position}]")
+            _check_json(item, index=index, path=f"{path}[{position}]", depth=depth + 1)
         return
     raise InvalidInput(f"{where}{path} holds a {type(value).__name__}, which is not JSON", field=path, index=index)
 
@@ -161,8 +176,12 @@ def check_embedding(embedding: Sequence[float], *, dimension: int, index: int | 
             "model or change postgres.vector_dimension through a migration",
             field="embedding", index=index, got=size, expected=dimension,
         )
-    for value in embedding:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # Fast path (C-level passes, ~20 µs for 768 values): plain floats/ints. An ABC isinstance per value
+    # costs ~5 µs, i.e. ~4 ms per 768-d record, which capped bulk loads at a few hundred rows/s.
+    if set(map(type, embedding)) <= {float, int} and all(map(math.isfinite, embedding)):
+        return
+    for value in embedding:  # numbers.Real admits numpy scalars (float32 is not a float subclass)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise InvalidInput(f"{where}embedding holds a non-finite or non-numeric value", field="embedding",
                                index=index)
 

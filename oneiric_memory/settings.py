@@ -328,7 +328,9 @@ def load_settings(
     """
     root = root or Path.cwd()
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
+    # Start from the code defaults so that dict-valued settings (embedder.task_prefixes) are deep-merged
+    # with their defaults instead of being replaced by the first layer that names one entry.
+    merged: dict[str, Any] = MemorySettings().model_dump(exclude={"cache_dir"})
     sources: dict[tuple[str, ...], str] = {}
     main_file = root / "settings" / "mahavishnu.yaml"
     local_file = root / "settings" / "local.yaml"

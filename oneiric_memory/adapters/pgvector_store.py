@@ -9,17 +9,19 @@ between the exact path (selective filters, via B-tree) and an HNSW scan with ite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
-from mcp_common.health import ComponentHealth, HealthStatus
 
 from oneiric_memory.database import (
     ConnectParams,
@@ -27,13 +29,14 @@ from oneiric_memory.database import (
     connect_once,
     create_pool,
     ensure_vector_extension,
+    is_transient,
     run_with_retries,
     wait_closed,
 )
 from oneiric_memory.embedded_server import EmbeddedPostgres
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError
 from oneiric_memory.migrator import Migrator
-from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, register_gauge, span
+from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.records import (
     MemoryRecord,
     SearchFilters,
@@ -44,13 +47,29 @@ from oneiric_memory.records import (
     check_embedding,
     content_hash,
 )
-from oneiric_memory.search_sql import Params, filter_clause
+from oneiric_memory.search_sql import (
+    Params,
+    bm25_branch,
+    capped_count_sql,
+    estimate_sql,
+    filter_clause,
+    filters_well_estimated,
+    hybrid_sql,
+    text_branch,
+    text_search_sql,
+    vector_branch,
+    vector_search_sql,
+)
 from oneiric_memory.settings import MemorySettings, load_settings, validate_identifier
+
+if TYPE_CHECKING:  # mcp_common is imported lazily: loading it pulls in fastmcp and costs seconds per process
+    from mcp_common.health import ComponentHealth
 
 __all__ = ["OutboxInsight", "PendingMemory", "PgvectorMemoryStore", "SearchPlan", "pgvector_store_factory"]
 
 _HIT_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.metadata, m.agent_id, m.workflow_id, m.repo_id, "
                 "m.session_id, m.source_system, m.created_at")
+_INDEX_BUILD_TIMEOUT_S = 24 * 3600.0  # an index build on millions of rows takes far longer than a query
 _STAGING_COLUMNS = ("ord", "id", "project", "memory_type", "source_system", "agent_id", "workflow_id", "repo_id",
                     "session_id", "content", "content_hash", "metadata", "embedding", "embedding_model",
                     "created_at", "expires_at")
@@ -78,11 +97,19 @@ class PendingMemory:
 
 @dataclass(frozen=True, slots=True)
 class SearchPlan:
-    """How a vector search was executed: ``exact`` (B-tree + sort) or ``ann`` (vector index scan)."""
+    """How a vector search was executed: ``exact`` (B-tree + sort) or ``ann`` (vector index scan).
+
+    ``probe`` says what decided the path: ``none`` (no filter), ``estimate`` (the planner's row estimate,
+    ``estimated_rows``) or ``count`` (a count capped at ``exact_search_max_rows + 1``,
+    ``matching_rows_capped``). ``fallback`` is true when an ANN answer came back short and was redone exactly.
+    """
 
     path: Literal["exact", "ann", "none"]
     matching_rows_capped: int | None
     ef_search: int
+    probe: Literal["none", "estimate", "count"] = "none"
+    estimated_rows: int | None = None
+    fallback: bool = False
 
 
 class PgvectorMemoryStore:
@@ -137,6 +164,8 @@ class PgvectorMemoryStore:
     async def init(self) -> None:
         """Start/attach the database, check pgvector, migrate (if allowed), check the meta table, open pools."""
         pg = self.settings.postgres
+        if self._pool is not None and not self._closed:
+            return  # already initialized: a second init must not open (and leak) a second pool
         with span("store.init", embedded=pg.embedded):
             try:
                 self._params = await self._resolve_params()
@@ -192,8 +221,12 @@ class PgvectorMemoryStore:
         return ConnectParams(host=info.host, port=info.port, user=info.user, database=pg.database)
 
     async def _check_meta(self) -> None:
-        async with self.gate.acquire() as connection:
-            row = await connection.fetchrow(f"SELECT model, dimension, vector_type FROM {self.table('embedding_meta')}")
+        async def read() -> asyncpg.Record | None:
+            async with self.gate.acquire() as connection:
+                return await connection.fetchrow(
+                    f"SELECT model, dimension, vector_type FROM {self.table('embedding_meta')}")
+
+        row = await run_with_retries(self.settings.postgres, "reading the embedding meta table", read)
         if row is None:
             raise SchemaMismatch(f"{self.table('embedding_meta')} is empty: run `oneiric-memory db upgrade`")
         if row["dimension"] != self.dimension or row["vector_type"] != self.vector_type:
@@ -207,10 +240,17 @@ class PgvectorMemoryStore:
 
     async def bind_embedding_model(self, model_id: str) -> None:
         """Record the embedding model on first use; refuse a different one (mixing vector spaces)."""
-        async with self.gate.acquire() as connection:
-            model = await connection.fetchval(
-                f"UPDATE {self.table('embedding_meta')} SET model = coalesce(model, $1), updated_at = now() "
-                "RETURNING model", model_id)
+        if not isinstance(model_id, str) or not model_id or "\x00" in model_id:
+            raise InvalidInput("model_id must be a non-empty string without NUL bytes", field="model_id")
+
+        async def bind() -> str | None:
+            async with self.gate.acquire() as connection:
+                value = await connection.fetchval(
+                    f"UPDATE {self.table('embedding_meta')} SET model = coalesce(model, $1), updated_at = now() "
+                    "RETURNING model", model_id)
+            return None if value is None else str(value)
+
+        model = await run_with_retries(self.settings.postgres, "binding the embedding model", bind)
         self.embedding_model = model
         if model != model_id:
             raise SchemaMismatch(
@@ -231,16 +271,10 @@ class PgvectorMemoryStore:
         return int(status.split()[-1])
 
     def _register_gauges(self) -> None:
-        def pool_numbers() -> list[tuple[float, dict[str, str]]]:
-            if self._gate is None or self._closed:
-                return []
-            stats = self._gate.stats()
-            return [(float(stats.size), {"state": "size"}), (float(stats.idle), {"state": "idle"}),
-                    (float(stats.in_use), {"state": "in_use"}), (float(stats.waiting), {"state": "waiting"}),
-                    (float(stats.max_size), {"state": "max"})]
+        """Pool, outbox, pending-embedding and canary gauges (registered once per process, labelled by schema)."""
+        from oneiric_memory.monitoring import register_metrics
 
-        register_gauge("oneiric_memory.pool.connections", "PostgreSQL pool connections by state", "{connection}",
-                       pool_numbers)
+        register_metrics(self)
 
     async def cleanup(self) -> None:
         """Close pools gracefully (waiting for checked-out connections) and release the embedded server."""
@@ -277,6 +311,8 @@ class PgvectorMemoryStore:
 
     async def component_health(self) -> ComponentHealth:
         """Latency, pool numbers, pgvector version, row estimate, model/dimension and vector-index validity."""
+        from mcp_common.health import ComponentHealth, HealthStatus
+
         watch = Stopwatch()
         if self._gate is None:
             return ComponentHealth(name="memory_store", status=HealthStatus.UNHEALTHY,
@@ -355,7 +391,9 @@ class PgvectorMemoryStore:
         if not records:
             return UpsertResult(ids=[], inserted=[])
         mode = on_conflict or self.settings.postgres.on_conflict
-        rows, first_of = self._staging_rows(records)
+        if mode not in ("keep_first", "refresh"):
+            raise InvalidInput(f"on_conflict {mode!r} is unknown; use keep_first or refresh", field="on_conflict")
+        rows, first_of = self._staging_rows(records, mode)
         with span("store.upsert_many", rows=len(records), on_conflict=mode):
             INSTRUMENTS.batch_size.record(len(records), {"operation": "upsert"})
             result_rows = await run_with_retries(
@@ -373,24 +411,43 @@ class PgvectorMemoryStore:
         INSTRUMENTS.dedup_hits.add(result.duplicate_count)
         return result
 
-    def _staging_rows(self, records: Sequence[MemoryRecord]) -> tuple[list[tuple[Any, ...]], list[int]]:
-        rows: list[tuple[Any, ...]] = []
+    def _staging_rows(self, records: Sequence[MemoryRecord],
+                      mode: str = "keep_first") -> tuple[list[tuple[Any, ...]], list[int]]:
+        """One staging row per dedup key; ``first_of[i]`` is the input index whose row stands for record ``i``.
+
+        A later copy inside the batch acts like a copy from a later batch: under ``keep_first`` it only fills a
+        pending embedding; under ``refresh`` it merges its metadata and replaces embedding and expiry.
+        """
+        staged: dict[int, dict[str, Any]] = {}
         seen: dict[tuple[str, str, str], int] = {}
         first_of: list[int] = []
         for index, record in enumerate(records):
             digest = content_hash(record.content)
             key = (record.project, record.memory_type, digest)
-            if key in seen:
-                first_of.append(seen[key])
+            embedding = [float(x) for x in record.embedding] if record.embedding is not None else None
+            model = (record.embedding_model or self.embedding_model) if embedding is not None else None
+            first = seen.get(key)
+            if first is not None:
+                first_of.append(first)
+                row = staged[first]
+                if embedding is not None and (mode == "refresh" or row["embedding"] is None):
+                    row["embedding"], row["embedding_model"] = embedding, model
+                if mode == "refresh":
+                    row["metadata"] = {**row["metadata"], **record.metadata}
+                    row["expires_at"] = record.expires_at
                 continue
             seen[key] = index
             first_of.append(index)
-            embedding = list(record.embedding) if record.embedding is not None else None
-            model = (record.embedding_model or self.embedding_model) if embedding is not None else None
-            rows.append((index, uuid.uuid4(), record.project, record.memory_type, record.source_system,
-                         record.agent_id, record.workflow_id, record.repo_id, record.session_id, record.content,
-                         digest, json.dumps(record.metadata), embedding, model, record.created_at,
-                         record.expires_at))
+            staged[index] = {
+                "ord": index, "id": uuid.uuid4(), "project": record.project, "memory_type": record.memory_type,
+                "source_system": record.source_system, "agent_id": record.agent_id,
+                "workflow_id": record.workflow_id, "repo_id": record.repo_id, "session_id": record.session_id,
+                "content": record.content, "content_hash": digest, "metadata": dict(record.metadata),
+                "embedding": embedding, "embedding_model": model, "created_at": record.created_at,
+                "expires_at": record.expires_at,
+            }
+        rows = [tuple(json.dumps(row[c]) if c == "metadata" else row[c] for c in _STAGING_COLUMNS)
+                for row in staged.values()]
         return rows, first_of
 
     async def _upsert_transaction(
@@ -419,7 +476,9 @@ class PgvectorMemoryStore:
                 "updated_at, expires_at) "
                 "SELECT id, project, memory_type, source_system, agent_id, workflow_id, repo_id, session_id, content, "
                 "content_hash, metadata::jsonb, embedding, embedding_model, coalesce(created_at, now()), now(), "
-                f"expires_at FROM om_staging ORDER BY ord ON CONFLICT (project, memory_type, content_hash) {conflict}")
+                # key order: concurrent batches lock their rows in the same order, so they cannot deadlock
+                f"expires_at FROM om_staging ORDER BY project, memory_type, content_hash "
+                f"ON CONFLICT (project, memory_type, content_hash) {conflict}")
             result = await connection.fetch(
                 f"SELECT s.ord, m.id, m.project, (m.id = s.id) AS inserted FROM om_staging s JOIN {memories} m "
                 "ON m.project = s.project AND m.memory_type = s.memory_type AND m.content_hash = s.content_hash")
@@ -477,14 +536,17 @@ class PgvectorMemoryStore:
         finally:
             await self.build_vector_index()
 
-    async def _vector_index_name(self) -> str | None:
-        async with self.gate.acquire() as connection:
-            name = await connection.fetchval(
-                "SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
-                "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "JOIN pg_am am ON am.oid = ic.relam "
-                "WHERE n.nspname = $1 AND c.relname = 'memories' AND am.amname IN ('hnsw', 'ivfflat') LIMIT 1",
-                self.schema)
+    async def _vector_index_name(self, connection: asyncpg.Connection | None = None) -> str | None:
+        """Name of the vector index on ``memories``; pass ``connection`` when already holding one."""
+        if connection is None:
+            async with self.gate.acquire() as acquired:
+                return await self._vector_index_name(acquired)
+        name = await connection.fetchval(
+            "SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+            "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_am am ON am.oid = ic.relam "
+            "WHERE n.nspname = $1 AND c.relname = 'memories' AND am.amname IN ('hnsw', 'ivfflat') LIMIT 1",
+            self.schema)
         return str(name) if name is not None else None
 
     async def build_vector_index(self, *, index_type: Literal["hnsw", "ivfflat"] | None = None) -> str | None:
@@ -497,7 +559,8 @@ class PgvectorMemoryStore:
             rows = int(await connection.fetchval(f"SELECT count(*) FROM {memories} WHERE embedding IS NOT NULL"))
             if kind == "ivfflat" and rows == 0:
                 return None  # an IVFFlat index built on no rows clusters nothing
-            existing = await self._vector_index_name()
+            # Same connection: a second acquire while holding this one deadlocks a pool of size 1.
+            existing = await self._vector_index_name(connection)
             async with connection.transaction():
                 await connection.execute(
                     "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
@@ -506,14 +569,14 @@ class PgvectorMemoryStore:
                     await connection.execute(f'DROP INDEX IF EXISTS {self._t}."{existing}"')
                 if kind == "hnsw":
                     name = "memories_embedding_hnsw"
-                    await connection.execute(
-                        f'CREATE INDEX "{name}" ON {memories} USING hnsw (embedding {ops}) '
-                        f"WITH (m = {int(pg.hnsw_m)}, ef_construction = {int(pg.hnsw_ef_construction)})")
+                    ddl = (f'CREATE INDEX "{name}" ON {memories} USING hnsw (embedding {ops}) '
+                           f"WITH (m = {int(pg.hnsw_m)}, ef_construction = {int(pg.hnsw_ef_construction)})")
                 else:
                     name = "memories_embedding_ivfflat"
                     lists = pg.ivfflat_lists or ivfflat_lists_for(rows)
-                    await connection.execute(
-                        f'CREATE INDEX "{name}" ON {memories} USING ivfflat (embedding {ops}) WITH (lists = {lists})')
+                    ddl = f'CREATE INDEX "{name}" ON {memories} USING ivfflat (embedding {ops}) WITH (lists = {lists})'
+                # statement_timeout is off for this transaction; the client-side command timeout must be too
+                await connection.execute(ddl, timeout=_INDEX_BUILD_TIMEOUT_S)
                 await connection.execute(
                     f"UPDATE {self.table('embedding_meta')} SET index_built_rows = $1, index_built_at = now()", rows)
             await connection.execute(f"ANALYZE {memories}")
@@ -537,9 +600,12 @@ class PgvectorMemoryStore:
                 for r in rows]
 
     async def count_pending(self) -> int:
-        async with self.gate.acquire() as connection:
-            return int(await connection.fetchval(
-                f"SELECT count(*) FROM {self.table('memories')} WHERE embedding IS NULL"))
+        async def run() -> int:
+            async with self.gate.acquire() as connection:
+                return int(await connection.fetchval(
+                    f"SELECT count(*) FROM {self.table('memories')} WHERE embedding IS NULL"))
+
+        return await run_with_retries(self.settings.postgres, "counting pending memories", run)
 
     async def set_embeddings(self, items: Sequence[tuple[str, uuid.UUID, Sequence[float]]], model_id: str) -> int:
         """Fill pending embeddings (only where still pending). Returns rows updated."""
@@ -571,11 +637,15 @@ class PgvectorMemoryStore:
         parsed = _parse_ids(ids)
         if not parsed:
             return []
-        async with self.gate.acquire() as connection:
-            rows = await connection.fetch(
-                "SELECT id, project, memory_type, content, content_hash, metadata, source_system, agent_id, "
-                "workflow_id, repo_id, session_id, embedding_model, embedding IS NULL AS pending, created_at, "
-                f"updated_at, expires_at FROM {self.table('memories')} WHERE id = ANY($1::uuid[])", parsed)
+
+        async def run() -> list[asyncpg.Record]:
+            async with self.gate.acquire() as connection:
+                return list(await connection.fetch(
+                    "SELECT id, project, memory_type, content, content_hash, metadata, source_system, agent_id, "
+                    "workflow_id, repo_id, session_id, embedding_model, embedding IS NULL AS pending, created_at, "
+                    f"updated_at, expires_at FROM {self.table('memories')} WHERE id = ANY($1::uuid[])", parsed))
+
+        rows = await run_with_retries(self.settings.postgres, "reading memories", run)
         order = {value: position for position, value in enumerate(parsed)}
         result = [StoredMemory(
             id=r["id"], project=r["project"], memory_type=r["memory_type"], content=r["content"],
@@ -587,9 +657,14 @@ class PgvectorMemoryStore:
         return result
 
     async def get_embedding(self, memory_id: uuid.UUID | str) -> list[float] | None:
-        async with self.gate.acquire() as connection:
-            value = await connection.fetchval(
-                f"SELECT embedding FROM {self.table('memories')} WHERE id = $1::uuid", _parse_ids([memory_id])[0])
+        parsed = _parse_ids([memory_id])[0]
+
+        async def run() -> Any:
+            async with self.gate.acquire() as connection:
+                return await connection.fetchval(
+                    f"SELECT embedding FROM {self.table('memories')} WHERE id = $1::uuid", parsed)
+
+        value = await run_with_retries(self.settings.postgres, "reading an embedding", run)
         return None if value is None else [float(x) for x in value.to_list()]
 
     async def count(self, filters: SearchFilters | None = None) -> int:
@@ -597,9 +672,13 @@ class PgvectorMemoryStore:
             filters.validate()
         params = Params()
         where = filter_clause(filters or SearchFilters(include_expired=True), params)
-        async with self.gate.acquire() as connection:
-            return int(await connection.fetchval(
-                f"SELECT count(*) FROM {self.table('memories')} m WHERE {where}", *params.values))
+
+        async def run() -> int:
+            async with self.gate.acquire() as connection:
+                return int(await connection.fetchval(
+                    f"SELECT count(*) FROM {self.table('memories')} m WHERE {where}", *params.values))
+
+        return await run_with_retries(self.settings.postgres, "counting memories", run)
 
     async def delete(self, ids: Sequence[uuid.UUID | str] | None = None, *,
                      filters: SearchFilters | None = None) -> int:
@@ -626,25 +705,55 @@ class PgvectorMemoryStore:
 
     async def touch(self, ids: Sequence[uuid.UUID | str]) -> int:
         """Count an access in the side table (never updates the vector row)."""
-        parsed = _parse_ids(ids)
+        # Rows are upserted in key order, so concurrent touches of overlapping ids cannot deadlock.
+        parsed = sorted(set(_parse_ids(ids)))
         if not parsed:
             return 0
-        async with self.gate.acquire() as connection:
-            status = await connection.execute(
-                f"INSERT INTO {self.table('memory_access')} AS a (project, memory_id, access_count, last_accessed_at) "
-                f"SELECT project, id, 1, now() FROM {self.table('memories')} WHERE id = ANY($1::uuid[]) "
-                "ON CONFLICT (project, memory_id) DO UPDATE SET access_count = a.access_count + 1, "
-                "last_accessed_at = now()", parsed)
-        return int(status.split()[-1])
+
+        async def run() -> int:
+            async with self.gate.acquire() as connection:
+                status = await connection.execute(
+                    f"INSERT INTO {self.table('memory_access')} AS a (project, memory_id, access_count, "
+                    f"last_accessed_at) SELECT project, id, 1, now() FROM {self.table('memories')} "
+                    "WHERE id = ANY($1::uuid[]) ORDER BY project, id "
+                    "ON CONFLICT (project, memory_id) DO UPDATE SET access_count = a.access_count + 1, "
+                    "last_accessed_at = now()", parsed)
+            return int(status.split()[-1])
+
+        return await run_with_retries(self.settings.postgres, "recording memory access", run)
 
     async def access_stats(self, memory_id: uuid.UUID | str) -> tuple[int, datetime] | None:
-        async with self.gate.acquire() as connection:
-            row = await connection.fetchrow(
-                f"SELECT access_count, last_accessed_at FROM {self.table('memory_access')} WHERE memory_id = $1::uuid",
-                _parse_ids([memory_id])[0])
+        parsed = _parse_ids([memory_id])[0]
+
+        async def run() -> asyncpg.Record | None:
+            async with self.gate.acquire() as connection:
+                return await connection.fetchrow(
+                    f"SELECT access_count, last_accessed_at FROM {self.table('memory_access')} "
+                    "WHERE memory_id = $1::uuid", parsed)
+
+        row = await run_with_retries(self.settings.postgres, "reading access statistics", run)
         return None if row is None else (int(row["access_count"]), row["last_accessed_at"])
 
     # --- search --------------------------------------------------------------------------------------
+    #
+    # One search = one read-only transaction on one pooled connection:
+    #   1. ``set_config(..., true)`` for every knob (transaction-local, PgBouncer-safe), including
+    #      ``plan_cache_mode = force_custom_plan`` so asyncpg's cached prepared statements are re-planned
+    #      with each call's values: a cached generic plan would freeze the HNSW-vs-B-tree choice;
+    #   2. for a filtered vector/hybrid search, the path is chosen here (``plan_vector_search``): the
+    #      planner's row estimate first (planning only), a capped count only in the grey zone around
+    #      ``search.exact_search_max_rows``;
+    #   3. one statement; an ANN answer with fewer than ``limit`` rows is redone on the exact path.
+
+    search_probe: Callable[[asyncpg.Connection, SearchPlan], Awaitable[None]] | None = None
+    """Diagnostic hook, awaited inside the search transaction once the knobs are set and the path is
+    chosen, right before the search statement (tests read ``current_setting('hnsw.ef_search')`` here),
+    and again with ``fallback=True`` before an exact redo of a short ANN answer."""
+
+    _bm25_index: str | None = None
+    _bm25_checked: bool = False
+    _rows_estimate: float | None = None
+    _rows_estimate_at: float | None = None
 
     async def search_vector(self, query_embedding: Sequence[float], *, filters: SearchFilters | None = None,
                             limit: int | None = None, ef_search: int | None = None,
@@ -680,22 +789,37 @@ class PgvectorMemoryStore:
         rrf_k: int | None = None,
         min_score: float | None = None,
     ) -> list[SearchHit]:
-        """Vector, text or hybrid (weighted RRF) search. Scores are similarities: higher is better."""
+        """Vector, text or hybrid (weighted RRF) search; every hit's ``score`` is non-increasing down the list.
+
+        Scores per mode: vector = cosine similarity, text = ``ts_rank_cd`` normalized to [0, 1) (or BM25
+        when an extension serves the lexical branch), hybrid = the fused RRF score; hybrid hits also carry
+        both branch ranks. ``min_score`` drops hits below the threshold *after* ranking, so it never
+        changes the plan (a ``WHERE similarity >= x`` would disable the vector index).
+        ``ef_search`` overrides ``search.ef_search`` for this call; it is raised to at least ``limit``.
+        """
         ss = self.settings.search
         mode = mode or ss.default_mode
         limit = ss.default_limit if limit is None else limit
+        vw = ss.vector_weight if vector_weight is None else vector_weight
+        tw = ss.text_weight if text_weight is None else text_weight
+        k = ss.rrf_k if rrf_k is None else rrf_k
         self._check_search_args(mode, query_text, query_embedding, limit, filters)
+        _check_search_knobs(ef_search=ef_search, vector_weight=vw, text_weight=tw, rrf_k=k, min_score=min_score)
         watch = Stopwatch()
         with span("store.search", mode=mode, limit=limit, filtered=not (filters is None or filters.is_empty())) as sp:
-            hits = await run_with_retries(self.settings.postgres, f"{mode} search", lambda: self._search(
+            hits, plan = await run_with_retries(self.settings.postgres, f"{mode} search", lambda: self._search(
                 mode=mode, query_text=query_text, query_embedding=query_embedding, filters=filters, limit=limit,
-                ef_search=ef_search, vector_weight=ss.vector_weight if vector_weight is None else vector_weight,
-                text_weight=ss.text_weight if text_weight is None else text_weight,
-                rrf_k=ss.rrf_k if rrf_k is None else rrf_k))
+                ef_search=ef_search, vector_weight=float(vw), text_weight=float(tw), rrf_k=int(k)))
             if min_score is not None:
                 hits = [hit for hit in hits if hit.score >= min_score]
             sp.set_attribute("hits", len(hits))
-        INSTRUMENTS.search_latency.record(watch.ms, {"mode": mode})
+            if plan is not None:
+                sp.set_attribute("path", plan.path)
+                sp.set_attribute("ef_search", plan.ef_search)
+                sp.set_attribute("probe", plan.probe)
+                if plan.matching_rows_capped is not None:
+                    sp.set_attribute("matching_rows_capped", plan.matching_rows_capped)
+        INSTRUMENTS.search_latency.record(watch.ms, {"mode": mode, "path": plan.path if plan else "text"})
         return hits
 
     def _check_search_args(self, mode: str, query_text: str | None, query_embedding: Sequence[float] | None,
@@ -715,148 +839,338 @@ class PgvectorMemoryStore:
                 raise InvalidInput("query_text contains a NUL byte; remove it")
             if len(query_text) > 10_000:
                 raise InvalidInput("query_text is longer than 10,000 characters")
+            try:
+                query_text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput("query_text holds a lone surrogate and is not valid UTF-8") from None
         if filters is not None:
+            if not isinstance(filters, SearchFilters):
+                raise InvalidInput(f"filters must be a SearchFilters, not {type(filters).__name__}")
             filters.validate()
 
     @asynccontextmanager
-    async def _search_connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _search_transaction(self, ef_search: int) -> AsyncIterator[asyncpg.Connection]:
+        """A read-only transaction with every knob set, opened in ONE round trip, committed on exit.
+
+        ``BEGIN READ ONLY`` and all ``set_config(name, value, is_local => true)`` calls travel as a single
+        simple-query message (the values are integers and enum settings, rendered as quoted literals): one
+        round trip less per search than BEGIN followed by a SET statement.
+        """
         gate = self._read_gate or self.gate
-        async with gate.acquire() as connection, connection.transaction(readonly=True):
-            yield connection
+        async with gate.acquire() as connection:
+            knobs = ", ".join(f"set_config({_literal(name)}, {_literal(value)}, true)"
+                              for name, value in self._knobs(ef_search))
+            await connection.execute(f"BEGIN READ ONLY; SELECT {knobs}")
+            try:
+                yield connection
+            except BaseException:
+                if not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await connection.execute("ROLLBACK")
+                raise
+            await connection.execute("COMMIT")
+
+    def _knobs(self, ef_search: int) -> list[tuple[str, str]]:
+        """Every search knob. ``jit = off``: a search never profits from JIT, and its compile time (tens of ms)
+        is paid whenever a misestimated plan crosses ``jit_above_cost``; ``force_custom_plan`` keeps the
+        HNSW-vs-B-tree choice per call under asyncpg's prepared-statement cache."""
+        ss = self.settings.search
+        knobs: list[tuple[str, str]] = [("plan_cache_mode", "force_custom_plan"), ("jit", "off")]
+        if self.settings.postgres.index_type == "hnsw":
+            knobs += [("hnsw.ef_search", str(int(ef_search))), ("hnsw.iterative_scan", ss.iterative_scan),
+                      ("hnsw.max_scan_tuples", str(int(ss.max_scan_tuples)))]
+        else:
+            knobs += [("ivfflat.probes", str(int(ss.ivfflat_probes or 10))),
+                      ("ivfflat.iterative_scan", "off" if ss.iterative_scan == "off" else "relaxed_order")]
+        return knobs
 
     async def _apply_knobs(self, connection: asyncpg.Connection, ef_search: int) -> None:
-        ss = self.settings.search
-        knobs: list[tuple[str, str]] = [("plan_cache_mode", "force_custom_plan")]
-        if self.settings.postgres.index_type == "hnsw":
-            knobs += [("hnsw.ef_search", str(ef_search)), ("hnsw.iterative_scan", ss.iterative_scan),
-                      ("hnsw.max_scan_tuples", str(ss.max_scan_tuples))]
-        else:
-            knobs += [("ivfflat.probes", str(ss.ivfflat_probes or 10)),
-                      ("ivfflat.iterative_scan", "off" if ss.iterative_scan == "off" else "relaxed_order")]
-        names = [name for name, _ in knobs]
-        values = [value for _, value in knobs]
-        await connection.execute(
-            "SELECT set_config(k.name, k.value, true) FROM unnest($1::text[], $2::text[]) AS k(name, value)",
-            names, values)
+        """Set every search knob inside a transaction the caller already opened (one round trip)."""
+        await _set_local(connection, self._knobs(ef_search))
 
     def _ef_search(self, ef_search: int | None, limit: int, candidates: int) -> int:
+        """``ef_search`` for this call: the override or the setting, never below the rows asked for, <= 1000."""
         value = ef_search if ef_search is not None else self.settings.search.ef_search
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidInput("ef_search must be a positive integer")
-        return min(max(value, limit, candidates), 1000)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_EF_SEARCH:
+            raise InvalidInput(f"ef_search must be an integer between 1 and {_MAX_EF_SEARCH} (pgvector's maximum)")
+        return min(max(value, limit, candidates), _MAX_EF_SEARCH)
 
     async def plan_vector_search(self, connection: asyncpg.Connection, filters: SearchFilters | None,
-                                 ef_search: int) -> SearchPlan:
-        """Pick the exact path when the filter matches few rows, otherwise the ANN path."""
+                                 ef_search: int, *, limit: int | None = None) -> SearchPlan:
+        """Pick the exact path when the filter matches few rows, otherwise the ANN path (per call).
+
+        *Where the line is.* The exact path costs ~2 µs of CPU per matching row; an HNSW iterative scan
+        costs roughly ``limit / selectivity`` candidates at ~15 µs each and loses recall as the selectivity
+        drops (measured at 150k rows, docs/benchmarks.md). They cross at ``sqrt(15 * limit * table_rows)``
+        matching rows (6.7k at 150k rows and limit 20, 17k at 1M), bounded by
+        ``search.exact_search_max_rows``.
+
+        *What it costs to know.* The planner's estimate (planning only, ~0.3 ms) decides outright when it is
+        more than 2x away from the line and the filter is one well-estimated column; in the grey zone, or
+        for filters the planner estimates poorly (several columns, metadata), a count capped at the line
+        + 1 (an index-only scan, ~1-2 ms) decides. A wrong call is slower, never wrong: the exact path is
+        complete, and an ANN answer that comes back short is redone exactly.
+
+        *Filtered ANN recall.* ``ef_search`` is raised towards ``limit / selectivity`` (at most 2x), so the
+        first HNSW pass already holds about ``limit`` matching rows.
+        """
         if filters is None or filters.is_empty():
-            return SearchPlan(path="ann", matching_rows_capped=None, ef_search=ef_search)
-        cap = self.settings.search.exact_search_max_rows
+            return SearchPlan(path="ann", matching_rows_capped=None, ef_search=ef_search, probe="none")
+        limit = limit or self.settings.search.default_limit
+        memories = self.table("memories")
         params = Params()
         where = filter_clause(filters, params)
-        count = await connection.fetchval(
-            f"SELECT count(*) FROM (SELECT 1 FROM {self.table('memories')} m WHERE m.embedding IS NOT NULL "
-            f"AND {where} LIMIT {int(cap) + 1}) AS capped", *params.values)
-        path: Literal["exact", "ann"] = "exact" if int(count) <= cap else "ann"
-        return SearchPlan(path=path, matching_rows_capped=int(count), ef_search=ef_search)
+        estimate = _plan_rows(await connection.fetchval(estimate_sql(memories, where), *params.values))
+        table_rows = await self._table_rows(connection)
+        cap = self._exact_cap(limit, table_rows)
+        boosted = self._filtered_ef(ef_search, limit, estimate, table_rows)
+        precise = filters_well_estimated(filters)
+        if cap <= 0:
+            return SearchPlan(path="ann", matching_rows_capped=None, ef_search=boosted, probe="estimate",
+                              estimated_rows=estimate)
+        if estimate is not None:
+            if precise and estimate * _GREY_ZONE <= cap:
+                return SearchPlan(path="exact", matching_rows_capped=None, ef_search=ef_search, probe="estimate",
+                                  estimated_rows=estimate)
+            if estimate >= cap * (_GREY_ZONE if precise else _GREY_ZONE_IMPRECISE):
+                return SearchPlan(path="ann", matching_rows_capped=None, ef_search=boosted, probe="estimate",
+                                  estimated_rows=estimate)
+        count = int(await connection.fetchval(capped_count_sql(memories, where, cap), *params.values))
+        exact = count <= cap
+        return SearchPlan(path="exact" if exact else "ann", matching_rows_capped=count,
+                          ef_search=ef_search if exact else boosted, probe="count", estimated_rows=estimate)
+
+    def _exact_cap(self, limit: int, table_rows: float | None) -> int:
+        """Most matching rows the exact path takes (see :meth:`plan_vector_search`)."""
+        cap = self.settings.search.exact_search_max_rows
+        if cap <= 0 or table_rows is None:
+            return cap
+        return min(cap, max(_EXACT_FLOOR, int(math.sqrt(_EXACT_COST_RATIO * limit * table_rows))))
+
+    def _filtered_ef(self, ef_search: int, limit: int, estimate: int | None, table_rows: float | None) -> int:
+        if estimate is None or table_rows is None or estimate <= 0:
+            return ef_search
+        wanted = math.ceil(limit * table_rows / estimate)
+        return min(_MAX_EF_SEARCH, max(ef_search, min(2 * ef_search, wanted)))
+
+    async def _table_rows(self, connection: asyncpg.Connection) -> float | None:
+        """``reltuples`` of ``memories`` (ANALYZE's estimate), cached for a minute; None before any ANALYZE."""
+        now = time.monotonic()
+        if self._rows_estimate_at is not None and now - self._rows_estimate_at < _ROWS_ESTIMATE_TTL_S:
+            return self._rows_estimate
+        value = await connection.fetchval("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)",
+                                          f'{self._t}."memories"')
+        self._rows_estimate = float(value) if value is not None and float(value) > 0 else None
+        self._rows_estimate_at = now
+        return self._rows_estimate
 
     def _vector_branch(self, params: Params, query_embedding: Sequence[float], filters: SearchFilters | None,
                        n: int, path: str) -> str:
-        q = params.add(list(query_embedding), self._vector_sql_type())
-        where = filter_clause(filters, params)
-        memories = self.table("memories")
-        if path == "exact":  # "+ 0" keeps the planner off the vector index: an exact, complete answer
-            return (f"SELECT m.project, m.id, (m.embedding <=> {q}) AS distance FROM {memories} m "
-                    f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY (m.embedding <=> {q}) + 0, m.id "
-                    f"LIMIT {params.add(n, 'int')}")
-        return (f"SELECT c.project, c.id, c.distance FROM (SELECT m.project, m.id, (m.embedding <=> {q}) AS distance "
-                f"FROM {memories} m WHERE m.embedding IS NOT NULL AND {where} ORDER BY m.embedding <=> {q} "
-                f"LIMIT {params.add(n, 'int')}) AS c")
+        return vector_branch(params, table=self.table("memories"), vector_cast=self._vector_sql_type(),
+                             query_embedding=list(query_embedding), filters=filters, n=n,
+                             path="exact" if path == "exact" else "ann")
 
     def _text_branch(self, params: Params, query_text: str, filters: SearchFilters | None, n: int) -> str:
-        config = params.add(self.settings.postgres.text_search_config, "regconfig")
-        query = params.add(query_text, "text")
-        where = filter_clause(filters, params)
-        return (f"SELECT m.project, m.id, ts_rank_cd(m.tsv, q.query, 32) AS rank FROM {self.table('memories')} m, "
-                f"websearch_to_tsquery({config}, {query}) AS q(query) WHERE m.tsv @@ q.query AND {where} "
-                f"ORDER BY rank DESC, m.id LIMIT {params.add(n, 'int')}")
+        if self._bm25_index is not None and self.bm25_extension is not None:
+            return bm25_branch(params, table=self.table("memories"), extension=self.bm25_extension,
+                               index=self._bm25_index, query_text=query_text, filters=filters, n=n)
+        return text_branch(params, table=self.table("memories"), text_config=self.settings.postgres.text_search_config,
+                           query_text=query_text, filters=filters, n=n)
+
+    async def _detect_bm25_index(self, connection: asyncpg.Connection) -> None:
+        """Once per store: use a BM25 index on ``memories`` when pg_textsearch/pg_search is installed."""
+        if self._bm25_checked:
+            return
+        self._bm25_checked = True
+        if self.bm25_extension is None:
+            return
+        self._bm25_index = await connection.fetchval(
+            "SELECT format('%I.%I', n.nspname, ic.relname) FROM pg_index i "
+            "JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam "
+            "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relname = 'memories' AND am.amname = 'bm25' AND i.indisvalid LIMIT 1",
+            self.schema)
+        self._log.info("bm25-lexical-branch", extension=self.bm25_extension, index=self._bm25_index,
+                       used=self._bm25_index is not None)
 
     async def _search(self, *, mode: str, query_text: str | None, query_embedding: Sequence[float] | None,
                       filters: SearchFilters | None, limit: int, ef_search: int | None, vector_weight: float,
-                      text_weight: float, rrf_k: int) -> list[SearchHit]:
+                      text_weight: float, rrf_k: int) -> tuple[list[SearchHit], SearchPlan | None]:
         candidates = max(self.settings.search.branch_candidates, limit)
         ef = self._ef_search(ef_search, limit, candidates if mode == "hybrid" else limit)
-        async with self._search_connection() as connection:
-            await self._apply_knobs(connection, ef)
+        async with self._search_transaction(ef) as connection:
+            if mode in ("text", "hybrid"):
+                await self._detect_bm25_index(connection)
             if mode == "text":
                 assert query_text is not None
-                params = Params()
-                sql = (f"WITH t AS MATERIALIZED ({self._text_branch(params, query_text, filters, limit)}) "
-                       f"SELECT {_HIT_COLUMNS}, t.rank, row_number() OVER (ORDER BY t.rank DESC, t.id) AS text_rank "
-                       f"FROM t JOIN {self.table('memories')} m ON m.project = t.project AND m.id = t.id "
-                       "ORDER BY t.rank DESC, t.id")
-                rows = await connection.fetch(sql, *params.values)
+                if self.search_probe is not None:
+                    await self.search_probe(connection, SearchPlan(path="none", matching_rows_capped=None,
+                                                                   ef_search=ef))
+                rows = await self._lexical_rows(connection, lambda params: text_search_sql(
+                    table=self.table("memories"), hit_columns=_HIT_COLUMNS,
+                    branch=self._text_branch(params, query_text, filters, limit)))
                 return [_hit(r, score=float(r["rank"]), text_rank=int(r["text_rank"]), text_score=float(r["rank"]))
-                        for r in rows]
+                        for r in rows], None
             assert query_embedding is not None
-            plan = await self.plan_vector_search(connection, filters, ef)
+            plan = await self.plan_vector_search(connection, filters, ef,
+                                                 limit=candidates if mode == "hybrid" else limit)
+            if plan.ef_search != ef and self.settings.postgres.index_type == "hnsw":
+                await _set_local(connection, [("hnsw.ef_search", str(plan.ef_search))])
+            if self.search_probe is not None:
+                await self.search_probe(connection, plan)
             if mode == "vector":
                 rows = await self._vector_rows(connection, query_embedding, filters, limit, plan.path)
-                if len(rows) < limit and plan.path == "ann":  # never under-return: fall back to the exact path
+                if len(rows) < limit and plan.path == "ann" and not (filters is None or filters.is_empty()):
+                    # never under-return: iterative scanning stopped (max_scan_tuples) before enough rows
+                    # matched the filter, so redo it exactly (complete by construction)
+                    plan = replace(plan, path="exact", fallback=True)
+                    if self.search_probe is not None:
+                        await self.search_probe(connection, plan)
                     rows = await self._vector_rows(connection, query_embedding, filters, limit, "exact")
                 return [_hit(r, score=1.0 - float(r["distance"]), vector_rank=int(r["vector_rank"]),
-                             vector_similarity=1.0 - float(r["distance"])) for r in rows]
+                             vector_similarity=1.0 - float(r["distance"])) for r in rows], plan
             assert query_text is not None
-            params = Params()
-            vector_sql = self._vector_branch(params, query_embedding, filters, candidates, plan.path)
-            text_sql = self._text_branch(params, query_text, filters, candidates)
-            k = params.add(rrf_k, "float8")
-            vw = params.add(vector_weight, "float8")
-            tw = params.add(text_weight, "float8")
-            sql = (
-                f"WITH v AS MATERIALIZED ({vector_sql}), t AS MATERIALIZED ({text_sql}), "
-                "vr AS (SELECT project, id, distance, row_number() OVER (ORDER BY distance, id) AS r FROM v), "
-                "tr AS (SELECT project, id, rank, row_number() OVER (ORDER BY rank DESC, id) AS r FROM t), "
-                "f AS (SELECT coalesce(vr.project, tr.project) AS project, coalesce(vr.id, tr.id) AS id, "
-                "vr.r AS vector_rank, tr.r AS text_rank, vr.distance, tr.rank, "
-                f"coalesce({vw} / ({k} + vr.r), 0) + coalesce({tw} / ({k} + tr.r), 0) AS fused "
-                "FROM vr FULL OUTER JOIN tr ON vr.project = tr.project AND vr.id = tr.id) "
-                f"SELECT {_HIT_COLUMNS}, f.vector_rank, f.text_rank, f.distance, f.rank, f.fused "
-                f"FROM f JOIN {self.table('memories')} m ON m.project = f.project AND m.id = f.id "
-                f"ORDER BY f.fused DESC, f.vector_rank NULLS LAST, f.text_rank NULLS LAST "
-                f"LIMIT {params.add(limit, 'int')}")
-            rows = await connection.fetch(sql, *params.values)
-            return [_hit(r, score=float(r["fused"]),
-                         vector_rank=r["vector_rank"], text_rank=r["text_rank"],
+            rows = await self._hybrid_rows(connection, query_text, query_embedding, filters, limit, candidates,
+                                           plan.path, vector_weight, text_weight, rrf_k)
+            if len(rows) < limit and plan.path == "ann" and not (filters is None or filters.is_empty()):
+                vector_found = sum(1 for r in rows if r["vector_rank"] is not None)
+                if vector_found < min(limit, candidates):
+                    plan = replace(plan, path="exact", fallback=True)
+                    if self.search_probe is not None:
+                        await self.search_probe(connection, plan)
+                    rows = await self._hybrid_rows(connection, query_text, query_embedding, filters, limit,
+                                                   candidates, "exact", vector_weight, text_weight, rrf_k)
+            return [_hit(r, score=float(r["fused"]), vector_rank=r["vector_rank"], text_rank=r["text_rank"],
                          vector_similarity=None if r["distance"] is None else 1.0 - float(r["distance"]),
-                         text_score=None if r["rank"] is None else float(r["rank"])) for r in rows]
+                         text_score=None if r["rank"] is None else float(r["rank"])) for r in rows], plan
+
+    async def _hybrid_rows(self, connection: asyncpg.Connection, query_text: str, query_embedding: Sequence[float],
+                           filters: SearchFilters | None, limit: int, candidates: int, path: str,
+                           vector_weight: float, text_weight: float, rrf_k: int) -> list[asyncpg.Record]:
+        def build(params: Params) -> str:
+            vector_sql = self._vector_branch(params, query_embedding, filters, candidates, path)
+            text_sql = self._text_branch(params, query_text, filters, candidates)
+            return hybrid_sql(params, table=self.table("memories"), hit_columns=_HIT_COLUMNS, vector_sql=vector_sql,
+                              text_sql=text_sql, rrf_k=rrf_k, vector_weight=vector_weight,
+                              text_weight=text_weight, limit=limit)
+
+        return await self._lexical_rows(connection, build)
+
+    async def _lexical_rows(self, connection: asyncpg.Connection,
+                            build: Callable[[Params], str]) -> list[asyncpg.Record]:
+        """Run a statement with a lexical branch; if a BM25 branch fails, fall back to tsvector for good.
+
+        The BM25 extensions' SQL differs between versions and cannot be tested here, so a failure of that
+        branch (inside a savepoint) is logged once and the store continues with ``ts_rank_cd``.
+        """
+        params = Params()
+        sql = build(params)
+        if self._bm25_index is None:
+            return list(await connection.fetch(sql, *params.values))
+        await connection.execute("SAVEPOINT om_bm25")  # the outer read-only transaction survives a failure
+        try:
+            return list(await connection.fetch(sql, *params.values))
+        except asyncpg.PostgresError as exc:
+            if is_transient(exc):
+                raise
+            await connection.execute("ROLLBACK TO SAVEPOINT om_bm25")
+            self._log.warning("bm25-branch-failed-using-tsvector", extension=self.bm25_extension,
+                              index=self._bm25_index, error=type(exc).__name__, sqlstate=exc.sqlstate)
+            self._bm25_index = None
+            params = Params()
+            sql = build(params)
+            return list(await connection.fetch(sql, *params.values))
 
     async def _vector_rows(self, connection: asyncpg.Connection, query_embedding: Sequence[float],
                            filters: SearchFilters | None, limit: int, path: str) -> list[asyncpg.Record]:
         params = Params()
-        branch = self._vector_branch(params, query_embedding, filters, limit, path)
-        # relaxed_order may return candidates slightly out of order: re-sort the materialized set.
-        sql = (f"WITH v AS MATERIALIZED ({branch}) SELECT {_HIT_COLUMNS}, v.distance, "
-               "row_number() OVER (ORDER BY v.distance + 0, v.id) AS vector_rank "
-               f"FROM v JOIN {self.table('memories')} m ON m.project = v.project AND m.id = v.id "
-               "ORDER BY v.distance + 0, v.id")
+        sql = vector_search_sql(table=self.table("memories"), hit_columns=_HIT_COLUMNS,
+                                branch=self._vector_branch(params, query_embedding, filters, limit, path))
         return list(await connection.fetch(sql, *params.values))
 
     async def explain_vector_search(self, query_embedding: Sequence[float], *, filters: SearchFilters | None = None,
-                                    limit: int = 10, min_score: float | None = None) -> tuple[SearchPlan, str]:
-        """The chosen path and PostgreSQL's plan text for a vector search (for tests and `doctor`)."""
+                                    limit: int = 10, min_score: float | None = None,
+                                    ef_search: int | None = None) -> tuple[SearchPlan, str]:
+        """The path ``search(mode="vector")`` would take and PostgreSQL's plan for its statement.
+
+        Same transaction set-up, knobs and statement as the search itself. ``min_score`` is accepted to show
+        that a threshold leaves the plan alone: it is applied to the ranked rows, outside the statement.
+        """
         self._check_search_args("vector", None, query_embedding, limit, filters)
-        ef = self._ef_search(None, limit, limit)
-        async with self._search_connection() as connection:
-            await self._apply_knobs(connection, ef)
-            plan = await self.plan_vector_search(connection, filters, ef)
+        _check_search_knobs(ef_search=ef_search, min_score=min_score)
+        ef = self._ef_search(ef_search, limit, limit)
+        async with self._search_transaction(ef) as connection:
+            plan = await self.plan_vector_search(connection, filters, ef, limit=limit)
+            if plan.ef_search != ef and self.settings.postgres.index_type == "hnsw":
+                await _set_local(connection, [("hnsw.ef_search", str(plan.ef_search))])
             params = Params()
-            branch = self._vector_branch(params, query_embedding, filters, limit, plan.path)
-            threshold = ""
-            if min_score is not None:
-                threshold = f" WHERE 1 - v.distance >= {params.add(min_score, 'float8')}"
-            rows = await connection.fetch(
-                f"EXPLAIN (COSTS OFF) WITH v AS MATERIALIZED ({branch}) SELECT * FROM v{threshold}", *params.values)
+            sql = vector_search_sql(table=self.table("memories"), hit_columns=_HIT_COLUMNS,
+                                    branch=self._vector_branch(params, query_embedding, filters, limit, plan.path))
+            rows = await connection.fetch(f"EXPLAIN (COSTS OFF) {sql}", *params.values)
         return plan, "\n".join(r[0] for r in rows)
+
+
+_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+_GREY_ZONE = 2  # trust a one-column estimate when it is at least 2x away from exact_search_max_rows
+_GREY_ZONE_IMPRECISE = 8  # multi-column/metadata estimates: only a very large one skips the count
+_EXACT_COST_RATIO = 15.0  # HNSW candidate cost / exact row cost, x2 in favour of exact (see plan_vector_search)
+_EXACT_FLOOR = 1000  # below this many matching rows the exact path always wins
+_ROWS_ESTIMATE_TTL_S = 60.0
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (only ever used for setting names and numeric/enum values from settings)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def _set_local(connection: asyncpg.Connection, knobs: Sequence[tuple[str, str]]) -> None:
+    """Transaction-local settings in one round trip (``SET`` takes no bind parameters; set_config does)."""
+    await connection.execute(
+        "SELECT set_config(k.name, k.value, true) FROM unnest($1::text[], $2::text[]) AS k(name, value)",
+        [name for name, _ in knobs], [value for _, value in knobs])
+
+
+def _plan_rows(explained: Any) -> int | None:
+    """``Plan Rows`` of the top node of an ``EXPLAIN (FORMAT JSON)`` result (decoded or not)."""
+    try:
+        document = json.loads(explained) if isinstance(explained, (str, bytes)) else explained
+        return int(document[0]["Plan"]["Plan Rows"])
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
+def _check_search_knobs(*, ef_search: int | None = None, vector_weight: float | None = None,
+                        text_weight: float | None = None, rrf_k: int | None = None,
+                        min_score: float | None = None) -> None:
+    """Per-call overrides are input: reject what would fail in SQL or silently mean nothing."""
+    if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, int)
+                                  or not 1 <= ef_search <= _MAX_EF_SEARCH):
+        raise InvalidInput(f"ef_search must be an integer between 1 and {_MAX_EF_SEARCH} (pgvector's maximum)")
+    for name, weight in (("vector_weight", vector_weight), ("text_weight", text_weight)):
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                                   or not math.isfinite(weight) or weight < 0):
+            raise InvalidInput(f"{name} must be a finite number >= 0")
+    if rrf_k is not None and (isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1):
+        raise InvalidInput("rrf_k must be an integer >= 1")
+    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                  or not math.isfinite(min_score)):
+        raise InvalidInput("min_score must be a finite number")
+
+
+_live_stores: weakref.WeakSet[PgvectorMemoryStore] = weakref.WeakSet()
+_pool_gauge_registered = False
+
+
+def _pool_numbers() -> list[tuple[float, dict[str, str]]]:
+    numbers: list[tuple[float, dict[str, str]]] = []
+    for store in list(_live_stores):
+        if store._gate is None or store._closed:
+            continue
+        stats = store._gate.stats()
+        for state, value in (("size", stats.size), ("idle", stats.idle), ("in_use", stats.in_use),
+                             ("waiting", stats.waiting), ("max", stats.max_size)):
+            numbers.append((float(value), {"state": state, "schema": store.schema}))
+    return numbers
 
 
 def ivfflat_lists_for(rows: int) -> int:

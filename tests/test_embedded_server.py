@@ -1,0 +1,242 @@
+"""Two processes on one embedded data folder: no fight, no corruption, a clean stop after the last one, reuse.
+
+The two children are real ``subprocess`` Python processes, driven line by line over stdin/stdout, so the test
+decides exactly when each one attaches, writes, releases and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.embedded_server import EmbeddedPostgres
+from oneiric_memory.settings import MemorySettings, load_settings
+
+REPLY = "@@reply "
+SCHEMA = "two_procs"
+
+CHILD = r'''
+import asyncio, json, sys
+from pathlib import Path
+
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.records import MemoryRecord
+from oneiric_memory.settings import load_settings
+
+REPLY = "@@reply "
+
+
+async def main(data_dir: str, name: str, schema: str) -> None:
+    settings = load_settings({"postgres": {"embedded_data_dir": data_dir, "db_schema": schema, "max_connections": 2},
+                              "embedder": {"provider": "hashing"}, "session_buddy": {"enabled": False}},
+                             root=Path(data_dir).parent, environ={})
+    loop = asyncio.get_running_loop()
+    store = None
+    written = 0
+    print(REPLY + json.dumps({"ready": True}), flush=True)
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        command, _, argument = line.strip().partition(" ")
+        if command in ("", "exit"):
+            break
+        try:
+            if command == "init":
+                store = PgvectorMemoryStore(settings)
+                await store.init()
+                async with store.gate.acquire() as connection:
+                    started = await connection.fetchval("SELECT pg_postmaster_start_time()::text")
+                reply = {"started": started}
+            elif command == "write":
+                records = [MemoryRecord(content=f"{name} wrote row {written + i}") for i in range(int(argument))]
+                written += len(records)
+                reply = {"new": (await store.upsert_many(records)).new_count}
+            elif command == "count":
+                reply = {"count": await store.count()}
+            elif command == "close":
+                await store.cleanup()
+                store = None
+                reply = {"closed": True}
+            else:
+                reply = {"error": f"unknown command {command}"}
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(REPLY + json.dumps(reply), flush=True)
+    if store is not None:
+        await store.cleanup()
+
+
+asyncio.run(main(*sys.argv[1:4]))
+'''
+
+
+class Child:
+    """A Python child process holding (or not) a store on the shared data folder."""
+
+    def __init__(self, name: str, data_dir: Path, log_dir: Path) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.stderr"
+        self._stderr = self.log.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(data_dir), name, SCHEMA], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=dict(os.environ), cwd=log_dir)
+        self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                self._replies.put(json.loads(line[len(REPLY):]))
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def reply(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        try:
+            answer = self._replies.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"{self.name} did not answer; stderr:\n{self.log.read_text()[-3000:]}") from None
+        assert "error" not in answer, f"{self.name}: {answer['error']}\n{self.log.read_text()[-3000:]}"
+        return answer
+
+    def ask(self, command: str) -> dict[str, Any]:
+        self.send(command)
+        return self.reply()
+
+    def exit(self) -> int:
+        self.send("exit")
+        code = self.process.wait(timeout=60)
+        self._stderr.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self._stderr.close()
+
+
+def _postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _settings(data_dir: Path) -> MemorySettings:
+    return load_settings({"postgres": {"embedded_data_dir": str(data_dir), "db_schema": SCHEMA},
+                          "embedder": {"provider": "hashing"}, "session_buddy": {"enabled": False}},
+                         root=data_dir.parent, environ={})
+
+
+def test_two_processes_share_one_data_folder(tmp_path: Path) -> None:
+    data_dir = tmp_path / "shared" / "pgdata"
+    a, b = Child("a", data_dir, tmp_path), Child("b", data_dir, tmp_path)
+    try:
+        a.reply()
+        b.reply()
+        # both attach at once to a folder that does not exist yet: one initializes, the other waits and reuses
+        a.send("init")
+        b.send("init")
+        started_a, started_b = a.reply()["started"], b.reply()["started"]
+        assert started_a == started_b  # one server, not two
+        postmaster = _postmaster_pid(data_dir)
+        a.send("write 40")
+        b.send("write 40")
+        assert a.reply() == {"new": 40} and b.reply() == {"new": 40}
+        assert a.ask("count") == {"count": 80}
+
+        # a releases its handle while b still uses the server: the server stays up
+        assert a.ask("close") == {"closed": True}
+        assert b.ask("count") == {"count": 80}
+        assert _running(postmaster)
+        # a attaches again (regression: it used to get a stale, unregistered instance back), then b exits
+        a.ask("init")
+        assert a.ask("write 10") == {"new": 10}
+        assert b.exit() == 0
+        assert _running(postmaster), "the server was stopped while process a still used it"
+        assert a.ask("count") == {"count": 90}
+        assert a.ask("write 5") == {"new": 5}
+
+        # the last process out stops the server cleanly
+        assert a.exit() == 0
+        assert not (data_dir / "postmaster.pid").exists()
+        assert not _running(postmaster)
+    finally:
+        a.kill()
+        b.kill()
+
+    # a restart reuses the data
+    async def reopen() -> tuple[int, int]:
+        store = PgvectorMemoryStore(_settings(data_dir))
+        await store.init()
+        try:
+            return await store.count(), _postmaster_pid(data_dir)
+        finally:
+            await store.cleanup()
+
+    count, restarted = asyncio.run(reopen())
+    assert count == 95
+    assert restarted != postmaster
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not _running(restarted)
+
+
+def test_a_crashed_holder_does_not_keep_the_server_alive(tmp_path: Path) -> None:
+    """A pid left in the handle list by a process that died without releasing it is dropped on the next start,
+    so the last live process still stops the server."""
+    data_dir = tmp_path / "crash" / "pgdata"
+
+    async def run() -> int:
+        server = EmbeddedPostgres(data_dir)
+        await server.start()
+        # the inter-process lock sits beside the folder, whatever $XDG_RUNTIME_DIR each process has
+        assert (data_dir.parent / ".pgdata.lock").exists()
+        handles = data_dir / ".handle_pids.json"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        handles.write_text(json.dumps([*json.loads(handles.read_text()), dead.pid]))  # a crashed holder
+        await server.stop()  # another process still "holds" it, so it keeps running
+        pid = _postmaster_pid(data_dir)
+        assert _running(pid)
+        again = EmbeddedPostgres(data_dir)
+        await again.start()  # drops the dead pid
+        assert json.loads(handles.read_text()) == [os.getpid()]
+        await again.stop()
+        return pid
+
+    pid = asyncio.run(run())
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not _running(pid)
+
+    async def swap() -> int:
+        """One store closing while another opens in the same process (an Oneiric hot swap): the opener must
+        end up attached to a running server, never to one being stopped under it."""
+        old, new = EmbeddedPostgres(data_dir), EmbeddedPostgres(data_dir)
+        await old.start()
+        await asyncio.gather(old.stop(), new.start())
+        assert json.loads((data_dir / ".handle_pids.json").read_text()) == [os.getpid()]
+        running = _postmaster_pid(data_dir)
+        assert _running(running)
+        await new.stop()
+        return running
+
+    swapped = asyncio.run(swap())
+    assert not (data_dir / "postmaster.pid").exists()
+    assert not _running(swapped)
