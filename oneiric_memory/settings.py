@@ -381,10 +381,24 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
     return "\n".join(lines)
 
 
+# Keys whose defaults follow Mahavishnu's own settings; writing them into the block would override those.
+MAHAVISHNU_FOLLOWED_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("embedder", "base_url", "llm.ollama_base_url"),
+    ("embedder", "model", "llm.model"),
+    ("session_buddy", "mcp_url", "pools.session_buddy_url"),
+)
+
+
 def defaults_document() -> dict[str, Any]:
-    """Every setting with its default, as the ``oneiric_memory:`` YAML block (machine paths left out)."""
+    """Every setting with its default, as the ``oneiric_memory:`` YAML block.
+
+    Machine paths are left out, and so are the keys that follow Mahavishnu's own settings
+    (``MAHAVISHNU_FOLLOWED_KEYS``): listing them would override ``llm.ollama_base_url`` and friends.
+    """
     document = MemorySettings().model_dump(mode="json")
     document.pop("cache_dir", None)
+    for section, key, _ in MAHAVISHNU_FOLLOWED_KEYS:
+        document[section].pop(key, None)
     return document
 
 

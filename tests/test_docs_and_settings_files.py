@@ -48,3 +48,15 @@ def test_readme_gives_exactly_the_two_setup_commands() -> None:
     assert commands == ["uv run oneiric-memory demo", "uv run pytest"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "\nuv run pytest\n" in ci
+
+
+def test_example_block_does_not_override_mahavishnus_own_keys(tmp_path: Path) -> None:
+    """Mahavishnu's llm.ollama_base_url / pools.session_buddy_url still win over the example block's defaults."""
+    document = yaml.safe_load((ROOT / "settings" / "mahavishnu.yaml").read_text(encoding="utf-8"))
+    document["llm"] = {"ollama_base_url": "http://gpu-box:11434"}
+    document["pools"] = {"session_buddy_url": "http://buddy:8678/mcp"}
+    (tmp_path / "settings").mkdir()
+    (tmp_path / "settings" / "mahavishnu.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    settings = load_settings(root=tmp_path, environ={})
+    assert settings.embedder.base_url == "http://gpu-box:11434"
+    assert settings.session_buddy.mcp_url == "http://buddy:8678/mcp"
