@@ -219,6 +219,7 @@ class MaintenanceSettings(_Section):
     pool_busy_ratio: float = Field(default=0.8, ge=0, le=1)
     outbox_backlog_age_s: float = Field(default=900.0, ge=0)
     slow_query_ms: float = Field(default=100.0, ge=0)
+    health_cache_s: float = Field(default=60.0, ge=0, description="how long health reuses the last doctor findings")
 
 
 class CoordinatorSettings(_Section):
