@@ -95,3 +95,30 @@ def test_remember_reads_stdin_and_debug_shows_traceback(tmp_path: Path, cli_env:
     failing = run_cli(["--debug", "remember", "x", "--type", "bogus"], cwd=tmp_path, env=cli_env)
     assert failing.returncode != 0
     assert "Traceback" in failing.stderr
+
+
+def test_ops_commands_stats_doctor_maintain_backup_restore(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    stored = run_cli(["remember", "backup drill: restore the memories and compare counts", "--type", "workflow"],
+                     cwd=tmp_path, env=cli_env)
+    assert stored.returncode == 0, stored.stderr
+    stats = run_cli(["stats", "--json"], cwd=tmp_path, env=cli_env)
+    assert stats.returncode == 0, stats.stderr
+    assert "pool" in json.loads(stats.stdout)
+    doctor = run_cli(["doctor", "--json", "--no-canary"], cwd=tmp_path, env=cli_env)
+    assert doctor.returncode in (0, EXIT_CODES["check_failed"]), doctor.stderr
+    report = json.loads(doctor.stdout)
+    assert 0 <= report["score"] <= 100 and isinstance(report["findings"], list)
+    auto = run_cli(["maintain", "auto", "--json"], cwd=tmp_path, env=cli_env)
+    assert auto.returncode == 0, auto.stderr
+    assert "actions" in json.loads(auto.stdout)
+    archive = tmp_path / "memories.dump"
+    backup = run_cli(["backup", str(archive)], cwd=tmp_path, env=cli_env)
+    assert backup.returncode == 0, backup.stderr
+    assert archive.stat().st_size > 0
+    refused = run_cli(["restore", str(archive)], cwd=tmp_path, env=cli_env)
+    assert refused.returncode == EXIT_CODES["usage"] and "--yes" in refused.stderr
+    restored = run_cli(["restore", str(archive), "--yes"], cwd=tmp_path, env=cli_env)
+    assert restored.returncode == 0, restored.stderr
+    found = run_cli(["search", "backup drill", "--mode", "text", "--json"], cwd=tmp_path, env=cli_env)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["id"] == stored.stdout.strip().splitlines()[-1]
