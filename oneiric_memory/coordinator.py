@@ -24,10 +24,18 @@ from oneiric_memory import __version__
 from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.embedding import Embedder
-from oneiric_memory.errors import EmbedderError, InvalidInput, OneiricMemoryError, SchemaMismatch, StoreUnavailable
+from oneiric_memory.errors import (
+    EmbedderError,
+    InvalidInput,
+    OneiricMemoryError,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+)
 from oneiric_memory.insights import extract_insights, insight_id
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
+from oneiric_memory.plugin import detached_errors
 from oneiric_memory.records import MEMORY_TYPES, MemoryRecord, SearchFilters, SearchHit, SearchMode
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -83,7 +91,7 @@ class _Components:
 
         async def store() -> PgvectorMemoryStore:
             instance = PgvectorMemoryStore(settings)
-            await instance.init()
+            await detached_errors(instance.init())  # no driver frames (and their password) in Oneiric's log
             return instance
 
         async def ollama() -> Embedder:
@@ -232,6 +240,7 @@ class UnifiedMemory:
         self._relay = OutboxRelay(self._components.store, self._components.sink, self.settings.session_buddy)
         self._started_at = time.time()
         self._embedder_down_until = 0.0
+        self._doctor_cache: tuple[float, ComponentHealth] | None = None
         self._log = get_logger("oneiric_memory.coordinator", domain="adapter", key=self.category,
                                provider=self.provider)
 
@@ -395,6 +404,14 @@ class UnifiedMemory:
             self._embedder_down_until = time.monotonic() + min(5.0, self.settings.coordinator.embed_timeout_s)
             self._log.warning("embedder-down-storing-pending", error=type(exc).__name__, rows=len(records))
             return
+        except StoreError:
+            raise  # the store refused the model (SchemaMismatch) or is down: the caller must know
+        except Exception as exc:  # a misbehaving embedder must never cost a write: store it pending
+            self._log.error("embedder-failed-storing-pending", error=type(exc).__name__, rows=len(records))
+            return
+        if len(vectors) != len(records) or any(len(vector) != store.dimension for vector in vectors):
+            self._log.error("embedder-answer-unusable-storing-pending", rows=len(records), vectors=len(vectors))
+            return  # a wrong count or dimension would fail the whole write: keep the rows pending instead
         for record, vector in zip(records, vectors, strict=True):
             record.embedding = vector
             record.embedding_model = embedder.model_id
@@ -591,7 +608,30 @@ class UnifiedMemory:
         except Exception as exc:
             parts.append(ComponentHealth(name="pipeline", status=HealthStatus.DEGRADED,
                                          message=f"{type(exc).__name__}"))
+        parts.append(await self._operations_health())
         return parts
+
+    async def _operations_health(self) -> ComponentHealth:
+        """`doctor` findings (bloat, invalid indexes, TOASTed vectors, pool saturation, canary) as a part.
+
+        The doctor's statistics queries are cached for ``maintenance.health_cache_s`` so dashboards polling
+        health do not add load; the recall canary runs in `doctor`/`maintain auto`, not here.
+        """
+        from oneiric_memory.monitoring import Monitor
+
+        now = time.monotonic()
+        cached = self._doctor_cache
+        if cached is not None and now - cached[0] < self.settings.maintenance.health_cache_s:
+            return cached[1]
+        try:
+            async with asyncio.timeout(10.0):
+                report = await Monitor(self._components.store()).doctor(canary=False)
+            health = report.component_health(name="operations")
+        except Exception as exc:
+            health = ComponentHealth(name="operations", status=HealthStatus.DEGRADED,
+                                     message=f"monitoring unavailable: {type(exc).__name__}")
+        self._doctor_cache = (now, health)
+        return health
 
     async def health(self) -> HealthCheckResponse:
         """Aggregated health of every part (worst status wins; optional parts only degrade)."""

@@ -137,8 +137,12 @@ class OneiricMemoryAdapter:
             result = await self._dispatch(memory, str(op), args, repos or [])
         except OneiricMemoryError as exc:
             return {"status": "error", "op": op, "error": str(exc), "error_type": type(exc).__name__}
-        except TypeError as exc:
-            return {"status": "error", "op": op, "error": f"bad arguments for {op}: {exc}"}
+        except KeyError as exc:  # a required argument is missing: a bad task must not crash the orchestrator
+            return {"status": "error", "op": op, "error": f"bad arguments for {op}: missing {exc}",
+                    "error_type": "InvalidInput"}
+        except (TypeError, ValueError) as exc:
+            return {"status": "error", "op": op, "error": f"bad arguments for {op}: {exc}",
+                    "error_type": "InvalidInput"}
         return {"status": "ok", "op": op, **result}
 
     async def _dispatch(self, memory: Any, op: str, args: dict[str, Any], repos: list[str]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 
 __all__ = ["InsightSink", "OutboxRelay", "OutboxStatus", "RelayReport"]
+
+CLAIM_BUDGET_S = 20.0
+"""Stop delivering from one claim after this long; the rest stay due for the next round. A claim holds a
+transaction open, and PostgreSQL ends sessions idle in a transaction (idle_in_transaction_session_timeout)."""
 
 
 class InsightSink(Protocol):
@@ -58,6 +63,20 @@ class OutboxStatus:
                 "oldest_pending_age_s": self.oldest_pending_age_s, "last_error": self.last_error}
 
 
+def _feed_gauges(store: PgvectorMemoryStore, status: OutboxStatus) -> None:
+    """Refresh the ``oneiric_memory.outbox.backlog`` / ``.oldest_age`` gauges (registered by ``monitoring``
+    for every store; they report the values cached here, since a gauge callback cannot run SQL)."""
+    try:
+        from oneiric_memory.monitoring import _cached
+    except ImportError:  # pragma: no cover - monitoring is part of the package
+        return
+    cached = _cached(store)
+    cached.outbox_pending = status.pending
+    cached.outbox_failed = status.failed
+    cached.oldest_pending_epoch = (time.time() - status.oldest_pending_age_s
+                                   if status.oldest_pending_age_s is not None else None)
+
+
 class OutboxRelay:
     """Moves outbox rows to a sink. ``store`` and ``sink`` are looked up per call (hot-swap safe)."""
 
@@ -75,8 +94,6 @@ class OutboxRelay:
 
     async def deliver_due(self, limit: int | None = None) -> RelayReport:
         """Deliver up to ``limit`` due rows in one claim; returns what happened."""
-        from oneiric_memory.adapters.session_buddy_sink import InsightDelivery
-
         store = self._store()
         sink = self._sink()
         report = RelayReport()
@@ -90,40 +107,70 @@ class OutboxRelay:
                     f"SELECT project, insight_id, memory_id, content, insight_type, topics, attempts FROM {outbox} "
                     "WHERE status = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at, created_at "
                     "LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
-                for row in rows:
-                    delivery = InsightDelivery(
-                        insight_id=row["insight_id"], content=row["content"], insight_type=row["insight_type"],
-                        topics=tuple(row["topics"] or ()), project=row["project"],
-                        memory_id=str(row["memory_id"]) if row["memory_id"] else None)
-                    try:
-                        async with asyncio.timeout(self.settings.timeout_s * 2):
-                            reference = await sink.deliver(delivery)
-                    except Exception as exc:
-                        attempts = int(row["attempts"]) + 1
-                        give_up = attempts >= self.settings.max_attempts
-                        error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        await connection.execute(
-                            f"UPDATE {outbox} SET attempts = $3, last_error = $4, status = $5, "
-                            "next_attempt_at = now() + make_interval(secs => $6) "
-                            "WHERE project = $1 AND insight_id = $2",
-                            row["project"], row["insight_id"], attempts, error,
-                            "failed" if give_up else "pending", self._backoff_s(attempts))
-                        report.failed_attempts += 1
-                        report.gave_up += int(give_up)
-                        report.errors.append(error)
-                        INSTRUMENTS.insights_failed.add(1)
-                        continue
-                    await connection.execute(
-                        f"UPDATE {outbox} SET status = 'delivered', delivered_at = now(), delivered_ref = $3, "
-                        "attempts = attempts + 1, last_error = NULL WHERE project = $1 AND insight_id = $2",
-                        row["project"], row["insight_id"], str(reference))
-                    report.delivered += 1
-                    INSTRUMENTS.insights_delivered.add(1)
+                if rows:
+                    async with contextlib.AsyncExitStack() as stack:
+                        open_error = await self._open_batch(sink, stack)
+                        started = time.monotonic()
+                        for row in rows:
+                            if time.monotonic() - started > CLAIM_BUDGET_S:
+                                break  # the rest stay due, untouched, for the next round
+                            await self._deliver_row(connection, outbox, sink, row, open_error, report)
             current.set_attribute("delivered", report.delivered)
             current.set_attribute("failed", report.failed_attempts)
         if report.errors:
             self._log.warning("outbox-delivery-failed", failed=report.failed_attempts, error=report.errors[-1][:120])
         return report
+
+    @staticmethod
+    async def _open_batch(sink: InsightSink, stack: contextlib.AsyncExitStack) -> Exception | None:
+        """Open the sink once for the whole claim when it supports batches (one DuckDB open, not one per row).
+
+        A failure to open (e.g. Session-Buddy holds the file) is returned, and every row of the claim records
+        it as a failed attempt.
+        """
+        batch = getattr(sink, "batch", None)
+        if not callable(batch):
+            return None
+        try:
+            await stack.enter_async_context(batch())
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _deliver_row(self, connection: Any, outbox: str, sink: InsightSink, row: Any,
+                           open_error: Exception | None, report: RelayReport) -> None:
+        from oneiric_memory.adapters.session_buddy_sink import InsightDelivery
+
+        delivery = InsightDelivery(
+            insight_id=row["insight_id"], content=row["content"], insight_type=row["insight_type"],
+            topics=tuple(row["topics"] or ()), project=row["project"],
+            memory_id=str(row["memory_id"]) if row["memory_id"] else None)
+        try:
+            if open_error is not None:
+                raise open_error
+            async with asyncio.timeout(self.settings.timeout_s * 2):
+                reference = await sink.deliver(delivery)
+        except Exception as exc:
+            attempts = int(row["attempts"]) + 1
+            give_up = attempts >= self.settings.max_attempts
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            await connection.execute(
+                f"UPDATE {outbox} SET attempts = $3, last_error = $4, status = $5, "
+                "next_attempt_at = now() + make_interval(secs => $6) "
+                "WHERE project = $1 AND insight_id = $2",
+                row["project"], row["insight_id"], attempts, error,
+                "failed" if give_up else "pending", self._backoff_s(attempts))
+            report.failed_attempts += 1
+            report.gave_up += int(give_up)
+            report.errors.append(error)
+            INSTRUMENTS.insights_failed.add(1)
+            return
+        await connection.execute(
+            f"UPDATE {outbox} SET status = 'delivered', delivered_at = now(), delivered_ref = $3, "
+            "attempts = attempts + 1, last_error = NULL WHERE project = $1 AND insight_id = $2",
+            row["project"], row["insight_id"], str(reference))
+        report.delivered += 1
+        INSTRUMENTS.insights_delivered.add(1)
 
     async def drain(self, *, max_rounds: int = 1000) -> RelayReport:
         """Deliver until nothing is due (or every due row failed this round)."""
@@ -154,6 +201,7 @@ class OutboxRelay:
         self.last_status = OutboxStatus(
             pending=int(row["pending"]), due=int(row["due"]), failed=int(row["failed"]),
             delivered=int(row["delivered"]), oldest_pending_age_s=row["oldest"], last_error=row["last_error"])
+        _feed_gauges(store, self.last_status)
         return self.last_status
 
     async def retry_failed(self) -> int:
