@@ -557,59 +557,80 @@ class UnifiedMemory:
         return {**status.as_dict(), "oldest_age_s": status.oldest_pending_age_s}
 
     async def component_healths(self) -> list[ComponentHealth]:
-        parts: list[ComponentHealth] = []
-        try:
-            parts.append(await self._components.store().component_health())
-        except Exception as exc:
-            parts.append(ComponentHealth(name="memory_store", status=HealthStatus.UNHEALTHY,
-                                         message=f"{type(exc).__name__}: {exc}"[:300]))
+        """Every part's health, checked concurrently, each within ``coordinator.health_timeout_s``.
+
+        The bound keeps the aggregate inside Oneiric's health-probe timeout; a part that does not answer in
+        time is reported (UNHEALTHY for the store, DEGRADED for the optional parts) instead of stalling.
+        """
+        timeout = self.settings.coordinator.health_timeout_s
+        checks: list[tuple[str, HealthStatus, Awaitable[ComponentHealth]]] = [
+            ("memory_store", HealthStatus.UNHEALTHY, self._store_health()),
+            ("embedding", HealthStatus.DEGRADED, self._embedder_health()),
+            ("insight_sink", HealthStatus.DEGRADED, self._sink_health()),
+            ("pipeline", HealthStatus.DEGRADED, self._pipeline_health()),
+            ("operations", HealthStatus.DEGRADED, self._operations_health()),
+        ]
+
+        async def bounded(name: str, worst: HealthStatus, check: Awaitable[ComponentHealth]) -> ComponentHealth:
+            watch = Stopwatch()
+            try:
+                async with asyncio.timeout(timeout):
+                    return await check
+            except TimeoutError:
+                return ComponentHealth(name=name, status=worst, latency_ms=round(watch.ms, 3),
+                                       message=f"no health answer within {timeout:.1f}s")
+            except Exception as exc:
+                return ComponentHealth(name=name, status=worst, latency_ms=round(watch.ms, 3),
+                                       message=f"health check failed: {type(exc).__name__}: {exc}"[:300])
+
+        return list(await asyncio.gather(*(bounded(name, worst, check) for name, worst, check in checks)))
+
+    async def _store_health(self) -> ComponentHealth:
+        return await self._components.store().component_health()
+
+    async def _embedder_health(self) -> ComponentHealth:
         embedder = self._components.embedder()
         if embedder is None:
-            parts.append(ComponentHealth(name="embedding", status=HealthStatus.DEGRADED,
-                                         message="no embedder: memories are stored pending"))
-        else:
-            try:
-                health = await embedder.component_health()
-            except Exception as exc:
-                health = ComponentHealth(name="embedding", status=HealthStatus.UNHEALTHY,
-                                         message=f"health check failed: {type(exc).__name__}")
-            health.metadata["note"] = self.embedder_note
-            if "hashing" in embedder.model_id and self.settings.embedder.provider == "auto":
-                health = ComponentHealth(name=health.name, status=max(health.status, HealthStatus.DEGRADED),
-                                         message=self.embedder_note, latency_ms=health.latency_ms,
-                                         metadata=health.metadata)
-            if health.status == HealthStatus.UNHEALTHY:  # writes are kept pending and text search answers
-                health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED,
-                                         message=f"{health.message}; memories are stored pending and search "
-                                                 "falls back to text until it is back",
-                                         latency_ms=health.latency_ms, metadata=health.metadata)
-            parts.append(health)
+            return ComponentHealth(name="embedding", status=HealthStatus.DEGRADED,
+                                   message="no embedder: memories are stored pending")
+        try:
+            health = await embedder.component_health()
+        except Exception as exc:
+            health = ComponentHealth(name="embedding", status=HealthStatus.UNHEALTHY,
+                                     message=f"health check failed: {type(exc).__name__}")
+        health.metadata["note"] = self.embedder_note
+        if "hashing" in embedder.model_id and self.settings.embedder.provider == "auto":
+            health = ComponentHealth(name=health.name, status=max(health.status, HealthStatus.DEGRADED),
+                                     message=self.embedder_note, latency_ms=health.latency_ms,
+                                     metadata=health.metadata)
+        if health.status == HealthStatus.UNHEALTHY:  # writes are kept pending and text search answers
+            health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED,
+                                     message=f"{health.message}; memories are stored pending and search "
+                                             "falls back to text until it is back",
+                                     latency_ms=health.latency_ms, metadata=health.metadata)
+        return health
+
+    async def _sink_health(self) -> ComponentHealth:
         sink = self._components.sink()
         if not self.settings.session_buddy.enabled:
-            parts.append(ComponentHealth(name="insight_sink", status=HealthStatus.HEALTHY, message="disabled"))
-        elif sink is None:
-            parts.append(ComponentHealth(name="insight_sink", status=HealthStatus.DEGRADED,
-                                         message=f"Session-Buddy {self._components.sink_note}; insights stay queued"))
-        else:
-            health = await sink.component_health()
-            if health.status == HealthStatus.UNHEALTHY:  # an optional part degrades, never fails, the whole
-                health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED, message=health.message,
-                                         latency_ms=health.latency_ms, metadata=health.metadata)
-            parts.append(health)
-        try:
-            pending = await self._components.store().count_pending()
-            backlog = await self._relay.status()
-            parts.append(ComponentHealth(
-                name="pipeline", status=HealthStatus.DEGRADED if pending or (
-                    backlog.oldest_pending_age_s or 0) > self.settings.session_buddy.degraded_backlog_age_s
-                else HealthStatus.HEALTHY,
-                message=f"{pending} embeddings pending, {backlog.pending} insights queued",
-                metadata={"pending_embeddings": pending, "in_flight": self._in_flight, **backlog.as_dict()}))
-        except Exception as exc:
-            parts.append(ComponentHealth(name="pipeline", status=HealthStatus.DEGRADED,
-                                         message=f"{type(exc).__name__}"))
-        parts.append(await self._operations_health())
-        return parts
+            return ComponentHealth(name="insight_sink", status=HealthStatus.HEALTHY, message="disabled")
+        if sink is None:
+            return ComponentHealth(name="insight_sink", status=HealthStatus.DEGRADED,
+                                   message=f"Session-Buddy {self._components.sink_note}; insights stay queued")
+        health: ComponentHealth = await sink.component_health()
+        if health.status == HealthStatus.UNHEALTHY:  # an optional part degrades, never fails, the whole
+            health = ComponentHealth(name=health.name, status=HealthStatus.DEGRADED, message=health.message,
+                                     latency_ms=health.latency_ms, metadata=health.metadata)
+        return health
+
+    async def _pipeline_health(self) -> ComponentHealth:
+        pending = await self._components.store().count_pending()
+        backlog = await self._relay.status()
+        degraded = pending or (backlog.oldest_pending_age_s or 0) > self.settings.session_buddy.degraded_backlog_age_s
+        return ComponentHealth(
+            name="pipeline", status=HealthStatus.DEGRADED if degraded else HealthStatus.HEALTHY,
+            message=f"{pending} embeddings pending, {backlog.pending} insights queued",
+            metadata={"pending_embeddings": pending, "in_flight": self._in_flight, **backlog.as_dict()})
 
     async def _operations_health(self) -> ComponentHealth:
         """`doctor` findings (bloat, invalid indexes, TOASTed vectors, pool saturation, canary) as a part.
@@ -624,8 +645,7 @@ class UnifiedMemory:
         if cached is not None and now - cached[0] < self.settings.maintenance.health_cache_s:
             return cached[1]
         try:
-            async with asyncio.timeout(10.0):
-                report = await Monitor(self._components.store()).doctor(canary=False)
+            report = await Monitor(self._components.store()).doctor(canary=False)
             health = report.component_health(name="operations")
         except Exception as exc:
             health = ComponentHealth(name="operations", status=HealthStatus.DEGRADED,

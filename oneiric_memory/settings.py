@@ -231,6 +231,7 @@ class CoordinatorSettings(_Section):
     backfill_enabled: bool = True
     backfill_interval_s: float = Field(default=30.0, gt=0)
     backfill_batch_size: int = Field(default=256, ge=1)
+    health_timeout_s: float = Field(default=3.0, gt=0, description="per-part bound of the aggregated health check")
 
 
 class MemorySettings(BaseModel):

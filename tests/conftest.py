@@ -50,6 +50,8 @@ def make_settings(pg_data_dir: Path, schema: str | None = None, **overrides: Any
                      "max_connections": 4, "retry_base_delay_s": 0.01},
         "embedder": {"provider": "hashing"},
         "session_buddy": {"enabled": False},
+        # Health parts answer within 3 s in production; on a loaded 2-core CI box give them room.
+        "coordinator": {"health_timeout_s": 30.0},
     }
     for section, values in overrides.items():
         if isinstance(values, dict):
