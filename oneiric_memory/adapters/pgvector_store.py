@@ -737,12 +737,13 @@ class PgvectorMemoryStore:
     # --- search --------------------------------------------------------------------------------------
     #
     # One search = one read-only transaction on one pooled connection:
-    #   1. ``set_config(..., true)`` for every knob (transaction-local, PgBouncer-safe), including
-    #      ``plan_cache_mode = force_custom_plan`` so asyncpg's cached prepared statements are re-planned
-    #      with each call's values: a cached generic plan would freeze the HNSW-vs-B-tree choice;
+    #   1. ``BEGIN READ ONLY`` + ``set_config(..., true)`` for every knob in one round trip
+    #      (transaction-local, PgBouncer-safe), including ``plan_cache_mode = force_custom_plan`` so asyncpg's
+    #      cached prepared statements are re-planned with each call's values: a cached generic plan would
+    #      freeze the HNSW-vs-B-tree choice;
     #   2. for a filtered vector/hybrid search, the path is chosen here (``plan_vector_search``): the
-    #      planner's row estimate first (planning only), a capped count only in the grey zone around
-    #      ``search.exact_search_max_rows``;
+    #      planner's row estimate first (planning only), a capped count only in the grey zone around the
+    #      exact-path line;
     #   3. one statement; an ANN answer with fewer than ``limit`` rows is redone on the exact path.
 
     search_probe: Callable[[asyncpg.Connection, SearchPlan], Awaitable[None]] | None = None
@@ -860,11 +861,11 @@ class PgvectorMemoryStore:
         async with gate.acquire() as connection:
             knobs = ", ".join(f"set_config({_literal(name)}, {_literal(value)}, true)"
                               for name, value in self._knobs(ef_search))
-            await connection.execute(f"BEGIN READ ONLY; SELECT {knobs}")
             try:
+                await connection.execute(f"BEGIN READ ONLY; SELECT {knobs}")
                 yield connection
             except BaseException:
-                if not connection.is_closed():
+                if not connection.is_closed() and connection.is_in_transaction():
                     with contextlib.suppress(Exception):
                         await connection.execute("ROLLBACK")
                 raise
@@ -935,7 +936,10 @@ class PgvectorMemoryStore:
             if estimate >= cap * (_GREY_ZONE if precise else _GREY_ZONE_IMPRECISE):
                 return SearchPlan(path="ann", matching_rows_capped=None, ef_search=boosted, probe="estimate",
                                   estimated_rows=estimate)
-        count = int(await connection.fetchval(capped_count_sql(memories, where, cap), *params.values))
+        # the count ignores expiry: an upper bound, but one a covering B-tree answers by an index-only scan
+        count_params = Params()
+        count_where = filter_clause(replace(filters, include_expired=True), count_params)
+        count = int(await connection.fetchval(capped_count_sql(memories, count_where, cap), *count_params.values))
         exact = count <= cap
         return SearchPlan(path="exact" if exact else "ann", matching_rows_capped=count,
                           ef_search=ef_search if exact else boosted, probe="count", estimated_rows=estimate)
@@ -1111,7 +1115,7 @@ class PgvectorMemoryStore:
 
 
 _MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
-_GREY_ZONE = 2  # trust a one-column estimate when it is at least 2x away from exact_search_max_rows
+_GREY_ZONE = 2  # trust a one-column estimate when it is at least 2x away from the exact-path line
 _GREY_ZONE_IMPRECISE = 8  # multi-column/metadata estimates: only a very large one skips the count
 _EXACT_COST_RATIO = 15.0  # HNSW candidate cost / exact row cost, x2 in favour of exact (see plan_vector_search)
 _EXACT_FLOOR = 1000  # below this many matching rows the exact path always wins
