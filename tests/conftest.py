@@ -24,6 +24,17 @@ from oneiric_memory.settings import MemorySettings, load_settings
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging_config() -> Iterator[None]:
+    """A test that runs the CLI in-process configures structlog (level filter, renderer) for the whole process;
+    restore the configuration so later tests' ``capture_logs()`` sees every event."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.fixture(scope="session")
 def pg_data_dir() -> Iterator[Path]:
     """A private data folder for this session's embedded server; deleted at the end."""
