@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from oneiric_memory.errors import InvalidInput, OneiricMemoryError, StoreError
-from oneiric_memory.maintenance import PACKAGE_TABLES, count_embedded_rows, direct_connection
+from oneiric_memory.maintenance import PACKAGE_TABLES, _jsonable, count_embedded_rows, direct_connection
 from oneiric_memory.observability import get_logger, register_gauge, span
 
 if TYPE_CHECKING:  # mcp_common is imported lazily: it pulls in fastmcp, which costs seconds per process
@@ -66,16 +66,6 @@ _LEFTOVER = re.compile(r"(_cc(new|old)[0-9]*|_rebuild)$")
 _ENABLE_STATEMENTS = ("add shared_preload_libraries = 'pg_stat_statements' to postgresql.conf (or ALTER SYSTEM SET "
                       "shared_preload_libraries = 'pg_stat_statements'), restart PostgreSQL, then run "
                       "CREATE EXTENSION pg_stat_statements in this database")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 # --- data ---------------------------------------------------------------------------------------------
