@@ -796,7 +796,10 @@ class PgvectorMemoryStore:
         when an extension serves the lexical branch), hybrid = the fused RRF score; hybrid hits also carry
         both branch ranks. ``min_score`` drops hits below the threshold *after* ranking, so it never
         changes the plan (a ``WHERE similarity >= x`` would disable the vector index).
-        ``ef_search`` overrides ``search.ef_search`` for this call; it is raised to at least ``limit``.
+        ``ef_search`` overrides ``search.ef_search`` for this call; it is raised to at least ``limit`` (and
+        to the branch size in hybrid mode), and a filtered HNSW search raises it up to 2x towards
+        ``limit / selectivity``. A filtered search never returns fewer than ``limit`` rows when at least
+        ``limit`` rows match (see :meth:`plan_vector_search`).
         """
         ss = self.settings.search
         mode = mode or ss.default_mode
