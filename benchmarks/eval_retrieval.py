@@ -30,9 +30,9 @@ from typing import Any
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
 from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.evaluation import EvalQuery, EvalSet, load_eval_set, ndcg_at_k, recall_at_k
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.records import MemoryRecord, SearchFilters, SearchMode
 from oneiric_memory.settings import MemorySettings, load_settings
 

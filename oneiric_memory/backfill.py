@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable
 from oneiric_memory.observability import get_logger, span
+from oneiric_memory.protocols import Embedder
 
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore

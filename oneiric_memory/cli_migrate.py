@@ -23,8 +23,8 @@ from oneiric_memory.duckdb_migration import (
     RunSummary,
     ValidationReport,
 )
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import EmbedderUnavailable
+from oneiric_memory.protocols import Embedder
 
 __all__ = ["inventory_table", "register", "report_table", "validation_table"]
 

@@ -23,7 +23,6 @@ from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 from oneiric_memory import __version__
 from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import (
     EmbedderError,
     InvalidInput,
@@ -36,6 +35,7 @@ from oneiric_memory.insights import extract_insights, insight_id
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.plugin import detached_errors
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.records import MEMORY_TYPES, MemoryRecord, SearchFilters, SearchHit, SearchMode
 from oneiric_memory.settings import MemorySettings, load_settings
 

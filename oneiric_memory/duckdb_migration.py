@@ -50,9 +50,9 @@ import duckdb
 
 from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.database import connect_once
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InsightSinkError, InvalidInput, StoreError
 from oneiric_memory.observability import get_logger, span
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.records import MemoryRecord, UpsertResult, content_hash
 from oneiric_memory.settings import MemorySettings
 
@@ -826,7 +826,7 @@ class _Outcome:
 class DuckDBMigration:
     """Inventory, run, validate and roll back migrations of Session-Buddy DuckDB files into ``store``.
 
-    ``embedder`` follows the :class:`~oneiric_memory.embedding.Embedder` protocol; its ``model_id`` is bound
+    ``embedder`` follows the :class:`~oneiric_memory.protocols.Embedder` protocol; its ``model_id`` is bound
     to the store before anything is written.
     """
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
 from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import EmbedderError
 from oneiric_memory.observability import get_logger
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings
 
 __all__ = ["select_embedder"]

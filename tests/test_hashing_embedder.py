@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from mcp_common.health import HealthStatus
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder, hash_vectors, hashing_embedder_factory
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import InvalidInput
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings, load_settings
 
 

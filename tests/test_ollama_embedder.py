@@ -33,8 +33,8 @@ from oneiric_memory.adapters import ollama_embedder as ollama_module
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
 from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder, ollama_embedder_factory
 from oneiric_memory.embedder_selection import select_embedder
-from oneiric_memory.embedding import Embedder
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput
+from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings, load_settings
 from oneiric_memory.testing.fake_ollama import FakeOllama
 

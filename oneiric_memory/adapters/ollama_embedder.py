@@ -13,7 +13,7 @@ Every write and every search goes through it, so it is built to be fast, bounded
 * an LRU cache for query embeddings, since the same searches repeat.
 
 It subclasses Oneiric's ``EmbeddingBase`` (so ``embed_texts``/``embed_text`` work as for Oneiric's own
-adapters, on oneiric 0.17 and 0.33) and satisfies this package's :class:`~oneiric_memory.embedding.Embedder`
+adapters, on oneiric 0.17 and 0.33) and satisfies this package's :class:`~oneiric_memory.protocols.Embedder`
 protocol. The two disagree on ``embed_documents``: here it is the protocol's (texts in, vectors out);
 Oneiric's chunking variant is :meth:`OllamaEmbedder.embed_document_chunks`.
 """

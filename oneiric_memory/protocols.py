@@ -1,4 +1,4 @@
-"""The embedder contract the store and the coordinator rely on.
+"""The contracts the store and the coordinator rely on: the embedder (and, beside it, the insight sink).
 
 Both :class:`~oneiric_memory.adapters.hashing_embedder.HashingEmbedder` and
 :class:`~oneiric_memory.adapters.ollama_embedder.OllamaEmbedder` satisfy it. ``model_id`` is what the
