@@ -66,10 +66,17 @@ async def test_stats_cover_pool_tables_indexes_statements_and_outbox(pg_server: 
 
 @pytest.mark.asyncio
 async def test_recall_canary_catches_a_bad_ivfflat_index(pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> None:
-    # deliberately bad: 100 lists for 3,000 rows probed one at a time
+    # Deliberately bad: 100 lists for 3,000 rows probed one at a time.
+    # Deterministic by construction, not by luck: pgvector's k-means starts from a random seed that no SQL can
+    # fix, so the data are 3 well-separated clusters and the healed index has 3 lists probed 2 at a time. Any
+    # k-means outcome then keeps a query's 10 neighbours (its own cluster) inside the 2 lists it probes: either
+    # each list is one cluster, or one cluster is split in two lists (both probed for its queries) and the
+    # other two share one list (the nearest for theirs). Measured over 16 builds: healed recall 1.0 every time,
+    # the bad index 0.28-0.34 (floor 0.9). With the former 30 clusters, k-means could cut a cluster across lists
+    # and the healed recall dipped (0.985 with a query at 0.7 here; 0.87 once in CI).
     async with open_store(pg_data_dir, postgres={"index_type": "ivfflat", "ivfflat_lists": 100},
                           search={"ivfflat_probes": 1}) as store:
-        await load(store, clustered_vectors(3000))
+        await load(store, clustered_vectors(3000, clusters=3))
         await store.build_vector_index()
         monitor = Monitor(store)
         canary = await monitor.recall_canary(k=10, queries=20, seed=3)
@@ -89,7 +96,7 @@ async def test_recall_canary_catches_a_bad_ivfflat_index(pg_server: EmbeddedConn
         fixed = await Maintenance(store).reindex()
         assert fixed.lists == 3 and fixed.probes == 2
         healed = await monitor.recall_canary(k=10, queries=20, seed=3)
-        assert healed.recall is not None and healed.recall >= store.settings.maintenance.recall_floor
+        assert healed.recall is not None and healed.recall >= 0.95  # 1.0 by the argument above; 0.9 is the floor
         assert "recall_below_floor" not in (await monitor.doctor()).codes()
 
 
