@@ -21,7 +21,7 @@ from uuid import UUID
 from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 from oneiric_memory import __version__
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
@@ -31,11 +31,11 @@ from oneiric_memory.errors import (
     StoreError,
     StoreUnavailable,
 )
-from oneiric_memory.insights import extract_insights, insight_id
+from oneiric_memory.insights import extract_insights
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.plugin import detached_errors
-from oneiric_memory.protocols import Embedder
+from oneiric_memory.protocols import Embedder, InsightSink
 from oneiric_memory.records import MEMORY_TYPES, MemoryRecord, SearchFilters, SearchHit, SearchMode
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -112,16 +112,10 @@ class _Components:
             await instance.init()
             return instance
 
-        async def sink() -> Any:
-            from oneiric_memory.adapters.session_buddy_sink import SessionBuddyInsightSink
+        async def sink() -> InsightSink:
+            from oneiric_memory.adapters.session_buddy import session_buddy_sink_factory
 
-            instance = SessionBuddyInsightSink(settings, backlog_provider=self._backlog)
-            try:
-                await instance.init()
-            except BaseException:
-                await instance.cleanup()
-                raise
-            return instance
+            return await session_buddy_sink_factory(settings, backlog_provider=self._backlog)
 
         return [("memory_store", "pgvector", store, 700), ("embedding", "ollama", ollama, 600),
                 ("embedding", "hashing", hashing, 100), ("insight_sink", "session_buddy", sink, 600)]
@@ -208,8 +202,9 @@ class _Components:
     def embedder(self) -> Embedder | None:
         return self.lifecycle.get_instance(DOMAIN, "embedding")  # type: ignore[no-any-return]
 
-    def sink(self) -> Any | None:
-        return self.lifecycle.get_instance(DOMAIN, "insight_sink")
+    def sink(self) -> InsightSink | None:
+        instance: InsightSink | None = self.lifecycle.get_instance(DOMAIN, "insight_sink")
+        return instance
 
     async def close(self) -> None:
         if not self.owned:
@@ -335,7 +330,7 @@ class UnifiedMemory:
         return self._components.embedder()
 
     @property
-    def sink(self) -> Any | None:
+    def sink(self) -> InsightSink | None:
         return self._components.sink()
 
     @property
@@ -381,9 +376,8 @@ class UnifiedMemory:
             store.validate(built)  # bad input changes nothing, before any embedding work
             with span("remember", rows=len(built)) as current:
                 await self._embed_records(store, built)
-                insights = [[OutboxInsight(insight_id=insight_id(record.project, found.content), content=found.content,
-                                           insight_type=found.insight_type, topics=tuple(found.topics))
-                             for found in extract_insights(record.content)] for record in built]
+                insights = [[found.keyed(record.project) for found in extract_insights(record.content)]
+                            for record in built]
                 result = await store.upsert_many(built, insights=insights)
                 current.set_attribute("new", result.new_count)
                 current.set_attribute("pending", sum(1 for r in built if r.embedding is None))
@@ -531,7 +525,7 @@ class UnifiedMemory:
             current.set_attribute("hits", len(fused))
         return UnifiedSearchResult(hits=fused, sources=sources)
 
-    async def _insight_hits(self, sink: Any, query: str, limit: int,
+    async def _insight_hits(self, sink: InsightSink, query: str, limit: int,
                             projects: Sequence[str] | None) -> list[SearchHit]:
         found = await sink.search_insights(query, limit=limit, projects=projects)
         hits: list[SearchHit] = []
@@ -553,7 +547,7 @@ class UnifiedMemory:
 
     async def _backlog(self) -> dict[str, Any]:
         status = await self._relay.status()
-        # The sink's health reads ``oldest_age_s`` (see session_buddy_sink.BacklogProvider).
+        # The sink's health reads ``oldest_age_s`` (see session_buddy.BacklogProvider).
         return {**status.as_dict(), "oldest_age_s": status.oldest_pending_age_s}
 
     async def component_healths(self) -> list[ComponentHealth]:

@@ -18,6 +18,10 @@ the content, so this parser is deliberately tolerant. It accepts:
 
 Empty blocks are skipped. The parser never raises on any input.
 
+This module is the one home of the insight types: :class:`ExtractedInsight` (what the parser finds),
+:class:`Insight` (one keyed insight, from the outbox to Session-Buddy) and :class:`InsightHit` (one found
+in Session-Buddy).
+
 Classification reuses Session-Buddy's ``detect_insight_type``/``extract_topics`` when the package is
 importable, so both sides agree on types and topics; otherwise a keyword fallback below does the job.
 """
@@ -36,6 +40,8 @@ from oneiric_memory.errors import InvalidInput
 __all__ = [
     "INSIGHT_TYPES",
     "ExtractedInsight",
+    "Insight",
+    "InsightHit",
     "classify_insight",
     "extract_insights",
     "format_insight_block",
@@ -66,11 +72,52 @@ _CANONICAL_FOOTER = "`" + "─" * 49 + "`"
 
 @dataclass(frozen=True, slots=True)
 class ExtractedInsight:
-    """One insight found in a text: its cleaned content, its type and its topics."""
+    """One insight found in a text: its cleaned content, its type and its topics (no key yet: the key
+    depends on the project, see :meth:`keyed`)."""
 
     content: str
     insight_type: str
     topics: tuple[str, ...]
+
+    def keyed(self, project: str, *, memory_id: str | None = None) -> Insight:
+        """This insight with its idempotency key for ``project``."""
+        return Insight(insight_id=insight_id(project, self.content), content=self.content,
+                       insight_type=self.insight_type, topics=self.topics, project=project, memory_id=memory_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Insight:
+    """One insight keyed by ``insight_id`` (see :func:`insight_id`): queued in the outbox with its memory,
+    delivered to Session-Buddy, deleted from it when the memory is forgotten.
+
+    ``project`` and ``memory_id`` are None while the store has not attached the insight to its memory row
+    (the store takes both from the row); a delivery needs ``project``.
+    """
+
+    insight_id: str
+    content: str
+    insight_type: str = "general"
+    topics: tuple[str, ...] = ()
+    project: str | None = None
+    memory_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsightHit:
+    """An insight found in Session-Buddy.
+
+    ``id`` is Session-Buddy's id (a 26-character ULID before 0.36, 32 hex digits of a uuid7 since).
+    ``score`` is Session-Buddy's similarity, a token-overlap fraction, or None for its plain text match;
+    only the rank is comparable across sources. ``insight_id`` is our key when the entry carries it.
+    """
+
+    id: str
+    content: str
+    insight_type: str
+    topics: tuple[str, ...]
+    project: str | None
+    score: float | None
+    insight_id: str | None = None
 
 
 # --- normalization and ids --------------------------------------------------------------------

@@ -15,26 +15,22 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from oneiric_memory.errors import StoreError
+from oneiric_memory.insights import Insight
 from oneiric_memory.observability import INSTRUMENTS, get_logger, span
+from oneiric_memory.protocols import InsightSink
 from oneiric_memory.settings import SessionBuddySettings
 
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 
-__all__ = ["InsightSink", "OutboxRelay", "OutboxStatus", "RelayReport"]
+__all__ = ["OutboxRelay", "OutboxStatus", "RelayReport"]
 
 CLAIM_BUDGET_S = 20.0
 """Stop delivering from one claim after this long; the rest stay due for the next round. A claim holds a
 transaction open, and PostgreSQL ends sessions idle in a transaction (idle_in_transaction_session_timeout)."""
-
-
-class InsightSink(Protocol):
-    """What the relay needs from a sink: an idempotent ``deliver`` returning the sink's id."""
-
-    async def deliver(self, insight: Any) -> str: ...
 
 
 @dataclass(slots=True)
@@ -123,25 +119,20 @@ class OutboxRelay:
 
     @staticmethod
     async def _open_batch(sink: InsightSink, stack: contextlib.AsyncExitStack) -> Exception | None:
-        """Open the sink once for the whole claim when it supports batches (one DuckDB open, not one per row).
+        """Open the sink once for the whole claim (one DuckDB open, not one per row).
 
         A failure to open (e.g. Session-Buddy holds the file) is returned, and every row of the claim records
         it as a failed attempt.
         """
-        batch = getattr(sink, "batch", None)
-        if not callable(batch):
-            return None
         try:
-            await stack.enter_async_context(batch())
+            await stack.enter_async_context(sink.batch())
         except Exception as exc:
             return exc
         return None
 
     async def _deliver_row(self, connection: Any, outbox: str, sink: InsightSink, row: Any,
                            open_error: Exception | None, report: RelayReport) -> None:
-        from oneiric_memory.adapters.session_buddy_sink import InsightDelivery
-
-        delivery = InsightDelivery(
+        delivery = Insight(
             insight_id=row["insight_id"], content=row["content"], insight_type=row["insight_type"],
             topics=tuple(row["topics"] or ()), project=row["project"],
             memory_id=str(row["memory_id"]) if row["memory_id"] else None)

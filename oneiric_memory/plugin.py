@@ -61,7 +61,7 @@ async def _hashing_embedder() -> Any:
 
 
 async def _session_buddy_sink() -> Any:
-    from oneiric_memory.adapters.session_buddy_sink import session_buddy_sink_factory
+    from oneiric_memory.adapters.session_buddy import session_buddy_sink_factory
 
     return await session_buddy_sink_factory()
 

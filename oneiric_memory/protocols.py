@@ -1,4 +1,4 @@
-"""The contracts the store and the coordinator rely on: the embedder (and, beside it, the insight sink).
+"""The contracts the store and the coordinator rely on: the embedder and the insight sink.
 
 Both :class:`~oneiric_memory.adapters.hashing_embedder.HashingEmbedder` and
 :class:`~oneiric_memory.adapters.ollama_embedder.OllamaEmbedder` satisfy it. ``model_id`` is what the
@@ -8,11 +8,14 @@ store records in its meta table, so two different models never share one vector 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 from mcp_common.health import ComponentHealth
 
-__all__ = ["Embedder"]
+from oneiric_memory.insights import Insight, InsightHit
+
+__all__ = ["Embedder", "InsightSink"]
 
 
 @runtime_checkable
@@ -33,6 +36,43 @@ class Embedder(Protocol):
 
     async def embed_query(self, text: str) -> list[float]:
         """Embed a search query (query prefix applied, cached)."""
+        ...
+
+    async def init(self) -> None: ...
+
+    async def health(self) -> bool: ...
+
+    async def component_health(self) -> ComponentHealth: ...
+
+    async def cleanup(self) -> None: ...
+
+
+@runtime_checkable
+class InsightSink(Protocol):
+    """Where insights go (Session-Buddy: :class:`~oneiric_memory.adapters.session_buddy.SessionBuddyInsightSink`).
+
+    Every method raises ``InsightSinkError`` when the sink cannot be reached now (the caller keeps the work
+    queued) and ``InvalidInput`` for bad arguments.
+    """
+
+    async def deliver(self, insight: Insight) -> str:
+        """Store ``insight`` (it needs ``project``); returns the sink's id for it. Idempotent by ``insight_id``."""
+        ...
+
+    def batch(self) -> AbstractAsyncContextManager[str]:
+        """Keep the sink open for several calls (one open of Session-Buddy's file); yields the mode used."""
+        ...
+
+    async def search_insights(self, query: str, limit: int = 10,
+                              projects: Sequence[str] | None = None) -> list[InsightHit]:
+        """Insights matching ``query`` (``'*'`` lists them), optionally only from ``projects``."""
+        ...
+
+    async def delete_insights(self, ids: Sequence[str]) -> int:
+        """Delete delivered insights by insight id (or the id ``deliver`` returned); the number deleted.
+
+        Idempotent: unknown or already deleted ids are ignored.
+        """
         ...
 
     async def init(self) -> None: ...

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.backup import archive_schemas, backup, find_pg_binary, libpq_environment, restore
 from oneiric_memory.database import ConnectParams
 from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
+from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord
 from tests.conftest import make_settings
 from tests.ops_fixtures import clustered_vectors, load, open_store
@@ -38,7 +39,7 @@ async def populate(store: PgvectorMemoryStore) -> None:
     result = await store.upsert_many(
         [MemoryRecord(content=f"pending {i}", metadata={"n": i, "tags": ["a", "b"]}) for i in range(3)]
         + [MemoryRecord(content="with an insight", embedding=clustered_vectors(1, seed=9)[0], memory_type="insight")],
-        insights=[[], [], [], [OutboxInsight(insight_id="ins-1", content="an insight", topics=("ops",))]])
+        insights=[[], [], [], [Insight(insight_id="ins-1", content="an insight", topics=("ops",))]])
     await store.touch(result.ids[:2])
     async with store.gate.acquire() as connection:
         await connection.execute(

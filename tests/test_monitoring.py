@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
+from oneiric_memory.insights import Insight
 from oneiric_memory.maintenance import Maintenance
 from oneiric_memory.monitoring import Monitor, health_score
 from oneiric_memory.records import MemoryRecord
@@ -21,7 +22,7 @@ from tests.ops_fixtures import DIM, clustered_vectors, load, open_store
 async def _outbox_rows(store: PgvectorMemoryStore, count: int, *, tag: str = "i") -> None:
     records = [MemoryRecord(content=f"an insight-bearing memory {tag} {i}",
                             embedding=clustered_vectors(1, dim=store.dimension, seed=i)[0]) for i in range(count)]
-    insights = [[OutboxInsight(insight_id=f"{tag}-{i}", content=f"insight {tag} {i}")] for i in range(count)]
+    insights = [[Insight(insight_id=f"{tag}-{i}", content=f"insight {tag} {i}")] for i in range(count)]
     await store.upsert_many(records, insights=insights)
 
 

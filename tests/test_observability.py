@@ -20,10 +20,11 @@ import structlog
 from opentelemetry import trace
 from structlog.testing import capture_logs
 
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.backup import backup
 from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
+from oneiric_memory.insights import Insight
 from oneiric_memory.maintenance import Maintenance
 from oneiric_memory.monitoring import Monitor, register_metrics
 from oneiric_memory.observability import add_trace_ids, get_logger, span
@@ -159,7 +160,7 @@ async def test_pool_and_cached_gauges(otel: OtelCapture, pg_server: EmbeddedConn
         await load(store, clustered_vectors(40))
         await store.upsert_many(
             [MemoryRecord(content=f"gauge memory {i}") for i in range(3)],
-            insights=[[OutboxInsight(insight_id=f"g{i}", content="insight")] for i in range(3)])
+            insights=[[Insight(insight_id=f"g{i}", content="insight")] for i in range(3)])
         await Monitor(store).doctor()
         assert gauge("oneiric_memory.outbox.backlog", status="pending") == [3.0]
         assert gauge("oneiric_memory.outbox.backlog", status="failed") == [0.0]
@@ -213,8 +214,8 @@ async def test_no_log_line_or_span_attribute_carries_the_password_or_content(
                        for i, v in enumerate(vectors)]
             records.append(MemoryRecord(content=f"{marker} pending"))
             records.append(MemoryRecord(content=f"{marker} expired", expires_at=datetime.now(UTC) - timedelta(days=1)))
-            insights: list[list[OutboxInsight]] = [[] for _ in records]
-            insights[0] = [OutboxInsight(insight_id="leak-1", content=f"insight {marker}")]
+            insights: list[list[Insight]] = [[] for _ in records]
+            insights[0] = [Insight(insight_id="leak-1", content=f"insight {marker}")]
             await store.upsert_many(records, insights=insights)
             await store.upsert_many(records[:2])  # dedup hits
             with pytest.raises(InvalidInput):

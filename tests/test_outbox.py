@@ -8,6 +8,7 @@ sink (to count deliveries per relay exactly) and a failing one (Session-Buddy ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
-from oneiric_memory.adapters.session_buddy_sink import InsightDelivery, SessionBuddyInsightSink
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.session_buddy import SessionBuddyInsightSink
 from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InsightSinkError, StoreError
-from oneiric_memory.insights import insight_id
+from oneiric_memory.insights import Insight, insight_id
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
@@ -42,21 +43,28 @@ def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-class RecordingSink:
+class Unbatched:
+    """The relay opens the sink once per claim; these recording sinks have nothing to open."""
+
+    def batch(self) -> contextlib.AbstractAsyncContextManager[str]:
+        return contextlib.nullcontext("test")
+
+
+class RecordingSink(Unbatched):
     """Records every delivery (relay name, insight id); idempotent like the real sink."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.calls: list[str] = []
 
-    async def deliver(self, insight: InsightDelivery) -> str:
+    async def deliver(self, insight: Insight) -> str:
         await asyncio.sleep(self.delay_s)  # lets the other relay run in between
         self.calls.append(insight.insight_id)
         return f"ref-{insight.insight_id}"
 
 
-class FailingSink:
-    async def deliver(self, insight: InsightDelivery) -> str:
+class FailingSink(Unbatched):
+    async def deliver(self, insight: Insight) -> str:
         raise InsightSinkError("Session-Buddy is down (test)", reason="unreachable")
 
 
@@ -74,7 +82,7 @@ class DeliverThenFail:
     def batch(self) -> Any:
         return self.sink.batch()
 
-    async def deliver(self, insight: InsightDelivery) -> str:
+    async def deliver(self, insight: Insight) -> str:
         reference = await self.sink.deliver(insight)
         self.delivered += 1
         if self.fail_first > 0:
@@ -86,8 +94,8 @@ class DeliverThenFail:
         return reference
 
 
-def insights_for(project: str, texts: list[str]) -> list[list[OutboxInsight]]:
-    return [[OutboxInsight(insight_id=insight_id(project, text), content=text, insight_type="gotcha",
+def insights_for(project: str, texts: list[str]) -> list[list[Insight]]:
+    return [[Insight(insight_id=insight_id(project, text), content=text, insight_type="gotcha",
                            topics=("outbox",))] for text in texts]
 
 
@@ -120,7 +128,7 @@ async def test_insights_enter_the_outbox_in_the_memory_transaction(store: Pgvect
         insight_id("alpha", "first insight text"): (ids[0], "pending", 0),
         insight_id("alpha", "second insight text"): (ids[1], "pending", 0)}
 
-    bad = [[OutboxInsight(insight_id="broken-1", content="fine", insight_type=None)]]  # type: ignore[arg-type]
+    bad = [[Insight(insight_id="broken-1", content="fine", insight_type=None)]]  # type: ignore[arg-type]
     with pytest.raises(StoreError):  # the outbox INSERT fails after the memory INSERT, in the same transaction
         await store.upsert_many([MemoryRecord(content="a memory that must not survive", project="alpha")],
                                 insights=bad)

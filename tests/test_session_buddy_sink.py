@@ -24,14 +24,9 @@ from typing import Any
 import pytest
 from mcp_common.health import HealthStatus
 
-from oneiric_memory.adapters.session_buddy_sink import (
-    InsightDelivery,
-    InsightHit,
-    SessionBuddyInsightSink,
-    session_buddy_sink_factory,
-)
+from oneiric_memory.adapters.session_buddy import SessionBuddyInsightSink, session_buddy_sink_factory
 from oneiric_memory.errors import ConfigurationError, InsightSinkError, InvalidInput
-from oneiric_memory.insights import extract_insights, format_insight_block, insight_id
+from oneiric_memory.insights import Insight, InsightHit, extract_insights, format_insight_block, insight_id
 from oneiric_memory.settings import MemorySettings, load_settings
 
 pytestmark = pytest.mark.asyncio
@@ -85,10 +80,11 @@ def rows_tagged(adapter: Any, tag: str) -> int:
     return int(row[0])
 
 
-def delivery(project: str, content: str, memory_id: str | None = None) -> InsightDelivery:
+def delivery(project: str, content: str, memory_id: str | None = None) -> Insight:
     (found,) = extract_insights(format_insight_block(content))
-    return InsightDelivery.from_extracted(found, project=project, insight_id=insight_id(project, content),
-                                          memory_id=memory_id)
+    keyed = found.keyed(project, memory_id=memory_id)
+    assert keyed.insight_id == insight_id(project, content)
+    return keyed
 
 
 def free_port() -> int:
@@ -104,9 +100,7 @@ async def test_extracted_insights_land_in_session_buddy_and_its_own_search_finds
     settings = make_settings(tmp_path)
     found = extract_insights(AGENT_OUTPUT)
     assert [f.insight_type for f in found] == ["gotcha", "pattern"]
-    deliveries = [InsightDelivery.from_extracted(f, project="oneiric-memory", memory_id=f"mem-{n}",
-                                                 insight_id=insight_id("oneiric-memory", f.content))
-                  for n, f in enumerate(found)]
+    deliveries = [f.keyed("oneiric-memory", memory_id=f"mem-{n}") for n, f in enumerate(found)]
     async with open_sink(settings) as sink, sink.batch() as mode:
         assert mode == "in_process"
         ids = [await sink.deliver(d) for d in deliveries]
@@ -329,10 +323,10 @@ async def test_disabled_sink_and_bad_input(tmp_path: Path) -> None:
         assert await sink.search_insights("anything") == []
     async with open_sink(make_settings(tmp_path)) as sink:
         good = delivery("repo-a", "Valid content.")
-        for bad in (InsightDelivery("bad id!", "x", "general", (), "repo-a"),
-                    InsightDelivery(good.insight_id, "   ", "general", (), "repo-a"),
-                    InsightDelivery(good.insight_id, "x", "general", (), ""),
-                    InsightDelivery(good.insight_id, "nul\x00byte", "general", (), "repo-a")):
+        for bad in (Insight("bad id!", "x", "general", (), "repo-a"),
+                    Insight(good.insight_id, "   ", "general", (), "repo-a"),
+                    Insight(good.insight_id, "x", "general", (), ""),
+                    Insight(good.insight_id, "nul\x00byte", "general", (), "repo-a")):
             with pytest.raises(InvalidInput):
                 await sink.deliver(bad)
         with pytest.raises(InvalidInput):

@@ -17,9 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import OutboxInsight, PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
 from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, StoreUnavailable
+from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from tests.conftest import make_settings
 from tests.foundation_fixtures import admin_connection, eventually, opened_store, unit_vector
@@ -231,7 +232,7 @@ async def test_a_record_failing_inside_the_transaction_rolls_back_the_whole_batc
     try:
         with pytest.raises(StoreError) as info:
             await corrupting.upsert_many([rec(f"row {i}", i) for i in range(5)],
-                                         insights=[[OutboxInsight(insight_id=f"i{i}", content="x")]
+                                         insights=[[Insight(insight_id=f"i{i}", content="x")]
                                                    for i in range(5)])
         assert not isinstance(info.value, StoreUnavailable)
         assert info.value.details["sqlstate"] == "23514"

@@ -35,6 +35,7 @@ from oneiric_memory.database import (
 )
 from oneiric_memory.embedded_server import EmbeddedPostgres
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError
+from oneiric_memory.insights import Insight
 from oneiric_memory.migrator import Migrator
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.records import (
@@ -65,7 +66,7 @@ from oneiric_memory.settings import MemorySettings, load_settings, validate_iden
 if TYPE_CHECKING:  # mcp_common is imported lazily: loading it pulls in fastmcp and costs seconds per process
     from mcp_common.health import ComponentHealth
 
-__all__ = ["OutboxInsight", "PendingMemory", "PgvectorMemoryStore", "SearchPlan", "pgvector_store_factory"]
+__all__ = ["PendingMemory", "PgvectorMemoryStore", "SearchPlan", "pgvector_store_factory"]
 
 _HIT_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.metadata, m.agent_id, m.workflow_id, m.repo_id, "
                 "m.session_id, m.source_system, m.created_at")
@@ -73,16 +74,6 @@ _INDEX_BUILD_TIMEOUT_S = 24 * 3600.0  # an index build on millions of rows takes
 _STAGING_COLUMNS = ("ord", "id", "project", "memory_type", "source_system", "agent_id", "workflow_id", "repo_id",
                     "session_id", "content", "content_hash", "metadata", "embedding", "embedding_model",
                     "created_at", "expires_at")
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxInsight:
-    """An insight to enqueue for Session-Buddy in the same transaction as its memory."""
-
-    insight_id: str
-    content: str
-    insight_type: str = "general"
-    topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +369,7 @@ class PgvectorMemoryStore:
         records: Sequence[MemoryRecord],
         *,
         on_conflict: Literal["keep_first", "refresh"] | None = None,
-        insights: Sequence[Sequence[OutboxInsight]] | None = None,
+        insights: Sequence[Sequence[Insight]] | None = None,
     ) -> UpsertResult:
         """Store a batch atomically; returns ids in input order and which records were new.
 
@@ -452,7 +443,7 @@ class PgvectorMemoryStore:
 
     async def _upsert_transaction(
         self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
-        insights: Sequence[Sequence[OutboxInsight]] | None,
+        insights: Sequence[Sequence[Insight]] | None,
     ) -> list[asyncpg.Record]:
         memories = self.table("memories")
         if mode == "refresh":
@@ -487,7 +478,7 @@ class PgvectorMemoryStore:
         return list(result)
 
     async def _enqueue_insights(self, connection: asyncpg.Connection, result: Sequence[asyncpg.Record],
-                                records: Sequence[MemoryRecord], insights: Sequence[Sequence[OutboxInsight]]) -> None:
+                                records: Sequence[MemoryRecord], insights: Sequence[Sequence[Insight]]) -> None:
         id_of = {row["ord"]: row["id"] for row in result}
         payload: list[dict[str, Any]] = []
         seen: set[tuple[str, str]] = set()
