@@ -61,10 +61,10 @@ def test_remember_search_and_json_output(tmp_path: Path, cli_env: dict[str, str]
     ("args", "env_extra", "code", "needle"),
     [
         (["remember", "x", "--type", "bogus"], {}, EXIT_CODES["invalid_input"], "memory_type 'bogus' is unknown"),
-        (["search", "x", "--limit", "0"], {}, EXIT_CODES["usage"], "limit"),
+        (["search", "x", "--limit", "0"], {}, EXIT_CODES["invalid_input"], "limit"),
         (["search", "x"], {"MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__PORT": "not-a-port"},
          EXIT_CODES["configuration"], "MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__PORT"),
-        (["remember", "x", "--metadata", "[1, 2]"], {}, EXIT_CODES["usage"], "JSON object"),
+        (["remember", "x", "--metadata", "[1, 2]"], {}, EXIT_CODES["invalid_input"], "JSON object"),
     ],
 )
 def test_errors_are_one_line_with_stable_exit_codes(tmp_path: Path, cli_env: dict[str, str], args: list[str],

@@ -513,10 +513,8 @@ async def test_loopback_ollama_embeds_and_ollama_down_leaves_rows_pending(
 
 @pytest.fixture
 def cli_app() -> Iterator[Any]:
-    from oneiric_memory import cli, cli_migrate
+    from oneiric_memory import cli
 
-    if not any(c.name == "migrate-duckdb" for c in cli.app.registered_commands):
-        cli_migrate.register(cli.app)
     yield cli.app
 
 

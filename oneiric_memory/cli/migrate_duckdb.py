@@ -1,32 +1,35 @@
 """``oneiric-memory migrate-duckdb``: move Session-Buddy's DuckDB data into PostgreSQL, validate, roll back.
 
-Mounted by :func:`oneiric_memory.cli.main` through :func:`register`. Exit codes follow ``cli.EXIT_CODES``:
-a validation mismatch exits ``check_failed`` (7), a locked source ``error`` (1), bad input 5.
+Exit codes follow ``EXIT_CODES``: a validation mismatch exits ``check_failed`` (7), a locked source ``error`` (1),
+bad input 5, contradictory options 2. DuckDB and the migration engine are imported only when the command runs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from oneiric_memory.duckdb_migration import (
-    DuckDBMigration,
-    Inventory,
-    MigrationReport,
-    ProgressEvent,
-    RollbackReport,
-    RunSummary,
-    ValidationReport,
-)
-from oneiric_memory.errors import EmbedderUnavailable
-from oneiric_memory.protocols import Embedder
+from oneiric_memory.cli._runtime import CheckFailed, UsageProblem, console, err_console, open_store, print_json, run
 
-__all__ = ["inventory_table", "register", "report_table", "validation_table"]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from oneiric_memory.duckdb_migration import (
+        DuckDBMigration,
+        Inventory,
+        MigrationReport,
+        ProgressEvent,
+        RunSummary,
+        ValidationReport,
+    )
+    from oneiric_memory.protocols import Embedder
+
+__all__ = ["ORDER", "inventory_table", "register", "report_table", "validation_table"]
+
+ORDER = 70
 
 
 def inventory_table(inventory: Inventory, *, all_tables: bool = False) -> Table:
@@ -86,12 +89,12 @@ def _runs_table(runs: list[RunSummary]) -> Table:
     table = Table(title="migration runs (newest first)", title_justify="left")
     for name in ("run id", "status", "started", "source", "project", "added", "errors"):
         table.add_column(name, overflow="fold")
-    for run in runs:
-        tables = run.counts.get("tables", {}) if isinstance(run.counts, dict) else {}
+    for summary in runs:
+        tables = summary.counts.get("tables", {}) if isinstance(summary.counts, dict) else {}
         added = sum(int(t.get("added", 0)) for t in tables.values() if isinstance(t, dict))
         errors = sum(int(t.get("errors", 0)) for t in tables.values() if isinstance(t, dict))
-        table.add_row(str(run.run_id), run.status, run.started_at.strftime("%Y-%m-%d %H:%M:%S"), run.source_path,
-                      run.project or "(per row)", str(added), str(errors))
+        table.add_row(str(summary.run_id), summary.status, summary.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      summary.source_path, summary.project or "(per row)", str(added), str(errors))
     return table
 
 
@@ -122,6 +125,7 @@ async def _migration_embedder(settings: Any, store: Any) -> tuple[Embedder, str]
     from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
     from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
     from oneiric_memory.embedder_selection import select_embedder
+    from oneiric_memory.errors import EmbedderUnavailable
 
     provider = settings.embedder.provider
     bound = store.embedding_model or ""
@@ -142,12 +146,12 @@ async def _migration_embedder(settings: Any, store: Any) -> tuple[Embedder, str]
 
 def register(app: typer.Typer) -> None:
     """Mount ``migrate-duckdb`` on the main CLI app."""
-    from oneiric_memory import cli
 
-    @app.command("migrate-duckdb")
+    @app.command("migrate-duckdb", rich_help_panel="Schema and data")
     def migrate_duckdb(
         path: Annotated[Path | None, typer.Argument(
-            help="Session-Buddy's reflection.duckdb (default location ~/.claude/data/reflection.duckdb).")] = None,
+            help="Session-Buddy's reflection.duckdb (required for a run; Session-Buddy keeps it in "
+                 "~/.claude/data/reflection.duckdb).", show_default=False)] = None,
         knowledge_graph: Annotated[Path | None, typer.Option(
             "--knowledge-graph", help="Session-Buddy's knowledge_graph.duckdb, migrated in the same run.")] = None,
         project: Annotated[str | None, typer.Option(
@@ -172,21 +176,19 @@ def register(app: typer.Typer) -> None:
         """Migrate Session-Buddy's DuckDB data into PostgreSQL (read-only on the source, idempotent, resumable)."""
         actions = sum(bool(x) for x in (rollback, validate, list_runs))
         if actions > 1 or (actions and path is not None):
-            cli.err_console.print("[bold red]error:[/] give PATH, --rollback, --validate or --list (one of them)")
-            raise typer.Exit(cli.EXIT_CODES["usage"])
+            raise UsageProblem("give PATH, --rollback, --validate or --list (one of them)")
         if sample is not None and sample < 1:
-            cli.err_console.print("[bold red]error:[/] --sample must be a positive number of rows")
-            raise typer.Exit(cli.EXIT_CODES["usage"])
+            raise UsageProblem("--sample must be a positive number of rows")
         if not actions and path is None:
-            cli.err_console.print("[bold red]error:[/] give the PATH of reflection.duckdb (or --rollback/--validate/"
-                                  "--list)")
-            raise typer.Exit(cli.EXIT_CODES["usage"])
+            raise UsageProblem("give the PATH of reflection.duckdb (or --rollback/--validate/--list)")
 
         def emit(data: dict[str, Any]) -> None:
-            cli.console.print_json(json.dumps(data, default=str))
+            print_json(data)
 
         async def work() -> None:
-            store = await cli._open_store()
+            from oneiric_memory.duckdb_migration import DuckDBMigration
+
+            store = await open_store()
             try:
                 embedder, sentence = await _migration_embedder(store.settings, store)
                 try:
@@ -203,14 +205,14 @@ def register(app: typer.Typer) -> None:
                 if as_json:
                     emit({"runs": [_run_dict(r) for r in runs]})
                 else:
-                    cli.console.print(_runs_table(runs))
+                    console.print(_runs_table(runs))
                 return
             if rollback is not None:
-                result: RollbackReport = await migration.rollback(rollback)
+                result = await migration.rollback(rollback)
                 if as_json:
                     emit(result.to_dict())
                 else:
-                    cli.console.print(f"run {result.run_id} rolled back (was {result.previous_status}): "
+                    console.print(f"run {result.run_id} rolled back (was {result.previous_status}): "
                                       f"{result.memories_deleted} memories deleted, {result.memories_kept_shared} kept "
                                       f"(another run maps to them), {result.items_deleted} items removed")
                 return
@@ -219,7 +221,7 @@ def register(app: typer.Typer) -> None:
                 return
             assert path is not None
             if not as_json:
-                cli.err_console.print(sentence, highlight=False)
+                err_console.print(sentence, highlight=False)
             if dry_run:
                 report = await migration.run(path, knowledge_graph, project=project, batch_size=batch_size,
                                              dry_run=True, source_id=source_id)
@@ -227,29 +229,38 @@ def register(app: typer.Typer) -> None:
                     emit(report.to_dict())
                 else:
                     assert report.inventory is not None
-                    cli.console.print(inventory_table(report.inventory))
+                    console.print(inventory_table(report.inventory))
                     for note in report.inventory.notes:
-                        cli.console.print(f"note: {note}", highlight=False)
-                    cli.console.print(report_table(report))
+                        console.print(f"note: {note}", highlight=False)
+                    console.print(report_table(report))
                 return
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=cli.err_console, disable=as_json) as bars:
+                          TimeElapsedColumn(), console=err_console, disable=as_json) as bars:
                 report = await migration.run(path, knowledge_graph, project=project, batch_size=batch_size,
                                              concurrency=concurrency, progress=_Bars(bars), source_id=source_id)
             if as_json:
                 emit(report.to_dict())
             else:
-                cli.console.print(report_table(report))
+                console.print(report_table(report))
                 for issue in report.issues[:20]:
-                    cli.console.print(f"[red]skipped[/] {issue.table} {issue.source_id or '-'}: {issue.reason}",
+                    console.print(f"[red]skipped[/] {issue.table} {issue.source_id or '-'}: {issue.reason}",
                                       highlight=False)
                 if len(report.issues) + report.issues_omitted > 20:
-                    cli.console.print(f"... {len(report.issues) + report.issues_omitted - 20} more row issues "
+                    console.print(f"... {len(report.issues) + report.issues_omitted - 20} more row issues "
                                       f"(stored with run {report.run_id})")
                 if report.pending_embeddings:
-                    cli.console.print(f"[yellow]{report.pending_embeddings} memories wait for their embedding[/]: "
+                    console.print(f"[yellow]{report.pending_embeddings} memories wait for their embedding[/]: "
                                       "run `oneiric-memory backfill` when the embedder is up")
-                cli.console.print(f"roll back with: oneiric-memory migrate-duckdb --rollback {report.run_id}",
+                console.print(f"roll back with: oneiric-memory migrate-duckdb --rollback {report.run_id}",
                                   highlight=False)
             if not no_validate and report.run_id is not None:
                 await _validate(migration, str(report.run_id))
@@ -259,16 +270,16 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 emit(result.to_dict())
             else:
-                cli.console.print(validation_table(result))
+                console.print(validation_table(result))
                 for line in result.problems[:20]:
-                    cli.console.print(f"[red]problem[/] {line}", highlight=False)
+                    console.print(f"[red]problem[/] {line}", highlight=False)
                 for line in result.warnings[:20]:
-                    cli.console.print(f"[yellow]warning[/] {line}", highlight=False)
+                    console.print(f"[yellow]warning[/] {line}", highlight=False)
             if not result.ok:
-                raise cli.CheckFailed(f"validation of run {result.run_id} found mismatches: "
+                raise CheckFailed(f"validation of run {result.run_id} found mismatches: "
                                       f"{len(result.problems)} problem(s)")
 
-        cli.run(work)
+        run(work)
 
 
 def _run_dict(run: RunSummary) -> dict[str, Any]:

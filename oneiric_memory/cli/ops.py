@@ -1,4 +1,4 @@
-"""Operations commands: ``maintain``, ``stats``, ``doctor``, ``backup`` and ``restore`` (mounted by ``cli.main``)."""
+"""Operations commands: ``maintain``, ``stats``, ``doctor``, ``backup`` and ``restore``."""
 
 from __future__ import annotations
 
@@ -8,16 +8,29 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from oneiric_memory.cli import _open_store, _progress, console, run
+from oneiric_memory.cli._runtime import (
+    CheckFailed,
+    UsageProblem,
+    console,
+    open_store,
+    print_json,
+    progress,
+    run,
+    settings,
+)
+from oneiric_memory.errors import InvalidInput
 
-__all__ = ["register"]
+__all__ = ["ORDER", "register"]
+
+ORDER = 40
+_PANEL = "Health and operations"
 
 maintain_app = typer.Typer(help="Maintenance: vacuum, autovacuum, reindex, expire, auto.", no_args_is_help=True)
 
 
 def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
-        console.print_json(data=data)
+        print_json(data)
         return
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("key")
@@ -30,9 +43,9 @@ def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
 async def _with_maintenance(action: str, **kwargs: Any) -> dict[str, Any]:
     from oneiric_memory.maintenance import Maintenance
 
-    store = await _open_store()
+    store = await open_store()
     try:
-        with _progress(f"maintain {action}", None):
+        with progress(f"maintain {action}", None):
             report = await getattr(Maintenance(store), action)(**kwargs)
     finally:
         await store.cleanup()
@@ -60,7 +73,7 @@ def maintain_reindex(
 ) -> None:
     """Rebuild the vector index (HNSW concurrently; IVFFlat with lists from the row count)."""
     if index_type not in (None, "hnsw", "ivfflat"):
-        raise typer.BadParameter("--index-type must be hnsw or ivfflat")
+        raise InvalidInput(f"--index-type {index_type!r} is unknown; use hnsw or ivfflat", field="index_type")
     _print(run(lambda: _with_maintenance("reindex", index_type=index_type)), as_json, "reindex")
 
 
@@ -84,7 +97,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     async def work() -> dict[str, Any]:
         from oneiric_memory.monitoring import Monitor
 
-        store = await _open_store()
+        store = await open_store()
         try:
             return dict((await Monitor(store).stats()).to_dict())
         finally:
@@ -100,7 +113,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
     async def work() -> dict[str, Any]:
         from oneiric_memory.monitoring import Monitor
 
-        store = await _open_store()
+        store = await open_store()
         try:
             return dict((await Monitor(store).doctor(canary=canary)).to_dict())
         finally:
@@ -108,7 +121,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
 
     report = run(work)
     if as_json:
-        console.print_json(data=report)
+        print_json(report)
     else:
         console.print(f"[bold]health score {report['score']}[/] ({report['status']})")
         table = Table(show_header=True)
@@ -118,8 +131,9 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
         for finding in report["findings"]:
             table.add_row(finding["severity"], finding["code"], finding["message"])
         console.print(table)
-    if any(f["severity"] == "critical" for f in report["findings"]):
-        raise typer.Exit(7)
+    critical = [f["code"] for f in report["findings"] if f["severity"] == "critical"]
+    if critical:
+        raise CheckFailed(f"doctor found {len(critical)} critical finding(s): {', '.join(critical)}")
 
 
 def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump custom format).")]) -> None:
@@ -128,9 +142,9 @@ def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump 
     async def work() -> Any:
         from oneiric_memory.backup import backup as run_backup
 
-        store = await _open_store()
+        store = await open_store()
         try:
-            with _progress("pg_dump", None):
+            with progress("pg_dump", None):
                 return await run_backup(store, path)
         finally:
             await store.cleanup()
@@ -144,26 +158,24 @@ def restore(path: Annotated[Path, typer.Argument(help="Archive written by `backu
             ) -> None:
     """Restore a backup into the configured database (replaces the schema's objects)."""
     if not yes:
-        raise typer.BadParameter("restore replaces the schema's tables; pass --yes to confirm")
+        raise UsageProblem("restore replaces the schema's tables; pass --yes to confirm")
     if not path.is_file():
-        raise typer.BadParameter(f"{path} does not exist")
+        raise UsageProblem(f"{path} does not exist")
 
     async def work() -> Any:
         from oneiric_memory.backup import restore as run_restore
-        from oneiric_memory.cli import _settings
-
-        with _progress("pg_restore", None):
-            return await run_restore(_settings(), path)
+        with progress("pg_restore", None):
+            return await run_restore(settings(), path)
 
     result = run(work)
     console.print(f"restored {result.path} into schema {result.schema} in {result.duration_s:.1f}s")
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(maintain_app, name="maintain")
-    app.command("stats")(stats)
-    app.command("doctor")(doctor)
-    app.command("backup")(backup)
-    app.command("restore")(restore)
+    app.add_typer(maintain_app, name="maintain", rich_help_panel=_PANEL)
+    app.command("stats", rich_help_panel=_PANEL)(stats)
+    app.command("doctor", rich_help_panel=_PANEL)(doctor)
+    app.command("backup", rich_help_panel="Schema and data")(backup)
+    app.command("restore", rich_help_panel="Schema and data")(restore)
 
 

@@ -1,0 +1,122 @@
+"""``db upgrade | downgrade | current | reembed``: the schema's migrations and the embedding model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from oneiric_memory.cli._runtime import UsageProblem, console, open_memory, open_store, progress, run, settings
+
+if TYPE_CHECKING:
+    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.database import ConnectParams
+
+__all__ = ["ORDER", "register"]
+
+ORDER = 50
+
+db_app = typer.Typer(help="Schema migrations (Alembic, shipped inside the package).", no_args_is_help=True)
+
+
+async def _unmigrated_store() -> PgvectorMemoryStore:
+    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+
+    return PgvectorMemoryStore(settings({"postgres": {"auto_migrate": False}}))
+
+
+async def _bootstrap(store: Any) -> ConnectParams:
+    """Connection parameters with the server started and pgvector present, without migrating."""
+    from oneiric_memory.database import connect_once, ensure_vector_extension
+
+    params: ConnectParams = await store._resolve_params()
+    connection = await connect_once(params, store.settings.postgres)
+    try:
+        await ensure_vector_extension(connection, create=store.settings.postgres.create_extension, schema=store.schema)
+    finally:
+        await connection.close()
+    return params
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the schema (default: to head)."""
+
+    async def work() -> None:
+        from oneiric_memory.migrator import Migrator
+
+        store = await _unmigrated_store()
+        try:
+            params = await _bootstrap(store)
+            current = await Migrator(params, store.settings.postgres).upgrade(revision)
+        finally:
+            await store.cleanup()
+        console.print(f"schema {store.schema} at {current}")
+
+    run(work)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. 'base' or '-1'.")]) -> None:
+    """Downgrade the schema (``base`` removes every table of this package: data is lost)."""
+
+    async def work() -> None:
+        from oneiric_memory.migrator import Migrator
+
+        store = await _unmigrated_store()
+        try:
+            params = await _bootstrap(store)
+            current = await Migrator(params, store.settings.postgres).downgrade(revision)
+        finally:
+            await store.cleanup()
+        console.print(f"schema {store.schema} at {current or 'base'}")
+
+    run(work)
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema's current revision and the package's head."""
+
+    async def work() -> None:
+        from oneiric_memory.migrator import Migrator
+
+        store = await _unmigrated_store()
+        try:
+            params = await _bootstrap(store)
+            migrator = Migrator(params, store.settings.postgres)
+            current = await migrator.current()
+            console.print(f"schema {store.schema}: current {current or 'base'}, head {migrator.head_revision()}")
+        finally:
+            await store.cleanup()
+
+    run(work)
+
+
+@db_app.command("reembed")
+def db_reembed(yes: Annotated[bool, typer.Option("--yes", help="Confirm.")] = False) -> None:
+    """Adopt the configured embedder: mark every embedding pending, then run `backfill`."""
+    if not yes:
+        raise UsageProblem("this marks every stored embedding pending; pass --yes to confirm")
+
+    async def work() -> None:
+        from oneiric_memory.embedder_selection import select_embedder
+
+        store = await open_store()
+        try:
+            embedder, note = await select_embedder(store.settings)
+            reset = await store.switch_embedding_model(embedder.model_id)
+            await embedder.cleanup()
+        finally:
+            await store.cleanup()
+        console.print(f"{note}\n{reset} embeddings marked pending; running backfill")
+        async with open_memory() as memory:
+            with progress("re-embedding", reset) as update:
+                report = await memory.backfill(progress=update)
+        console.print(f"embedded {report.embedded}, remaining {report.remaining}")
+
+    run(work)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db", rich_help_panel="Schema and data")
