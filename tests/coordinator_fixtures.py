@@ -23,6 +23,7 @@ __all__ = [
     "hold_duckdb_lock",
     "outbox_rows",
     "sb_overrides",
+    "own_search_rows",
     "session_buddy_own_search",
 ]
 
@@ -52,6 +53,19 @@ async def drop_schema(store: PgvectorMemoryStore) -> None:
         await connection.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
 
 
+async def own_search_rows(adapter: Any, query: str, limit: int = 100) -> list[dict[str, Any]]:
+    """Session-Buddy's own search, whichever its version offers (detected, not assumed).
+
+    Before 0.36 insights have their own ``search_insights`` (``'*'`` lists them all); 0.36 removed it and
+    keeps insights as reflections, found by ``search_reflections`` (its text path also matches a tag
+    exactly, so ``"om:<insight_id>"`` and ``"insight"`` work there).
+    """
+    search_insights = getattr(adapter, "search_insights", None)
+    if callable(search_insights):
+        return list(await search_insights(query, limit=limit, use_embeddings=False))
+    return list(await adapter.search_reflections(query, limit=limit, use_embeddings=False, use_cache=False))
+
+
 def _own_search_blocking(path: Path, queries: list[str]) -> dict[str, list[dict[str, Any]]]:
     from session_buddy.adapters.reflection_adapter_oneiric import ReflectionDatabaseAdapterOneiric
     from session_buddy.adapters.settings import ReflectionAdapterSettings
@@ -60,14 +74,13 @@ def _own_search_blocking(path: Path, queries: list[str]) -> dict[str, list[dict[
         adapter = ReflectionDatabaseAdapterOneiric(settings=ReflectionAdapterSettings(
             database_path=path, enable_embeddings=False, enable_hnsw_index=False))
         async with adapter:
-            return {query: list(await adapter.search_insights(query, limit=100, use_embeddings=False))
-                    for query in queries}
+            return {query: await own_search_rows(adapter, query) for query in queries}
 
     return asyncio.run(run())
 
 
 async def session_buddy_own_search(path: Path, queries: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Session-Buddy's **own** ``search_insights`` (its adapter, its SQL) on the file, from a worker thread.
+    """Session-Buddy's **own** search (its adapter, its SQL; :func:`own_search_rows`) on the file, from a thread.
 
     ``"om:<insight_id>"`` matches the sink's idempotency tag exactly (Session-Buddy's text search also
     matches ``list_contains(tags, query)``), so ``len(result)`` counts the copies of one insight.

@@ -3,15 +3,21 @@
 In-process tests use the real ``ReflectionDatabaseAdapterOneiric`` on a temporary DuckDB file with
 ``HOME`` pointed at a folder that does not exist (DuckDB then gives up extension downloads at once).
 MCP tests run Session-Buddy's **own** MCP server (``session_buddy.server_optimized.run_server``) in a
-subprocess on a loopback port, offline, with its own temporary ``HOME``. The only simulation is the
-``store_reflection`` fallback: Session-Buddy 0.36 removed ``store_insight``, which we mimic by deleting
-the method from the installed class for one test.
+subprocess on a loopback port, offline, with its own temporary ``HOME``.
+
+The same tests run on Session-Buddy 0.23 (Python 3.13) and 0.36 (Python 3.14, ``.ci/py314``); what differs
+is detected from the installed package, never skipped: 0.23 has ``store_insight``/``search_insights`` and
+ULID ids, 0.36 only reflections and uuid7 hex ids. The ``api`` parameter also runs the in-process tests with
+the insight methods removed from the installed class, which is 0.36's shape on 0.23 (on 0.36 both
+parameters see the same class).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +34,7 @@ from oneiric_memory.adapters.session_buddy import SessionBuddyInsightSink, sessi
 from oneiric_memory.errors import ConfigurationError, InsightSinkError, InvalidInput
 from oneiric_memory.insights import Insight, InsightHit, extract_insights, format_insight_block, insight_id
 from oneiric_memory.settings import MemorySettings, load_settings
+from tests.coordinator_fixtures import hold_duckdb_lock, own_search_rows
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,6 +45,31 @@ AGENT_OUTPUT = "\r\n".join([
     "★ Insight ────",
     "Use the repository pattern for the outbox queries; it keeps SQL out of the relay loop.",
 ])
+
+
+SESSION_BUDDY_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}|[0-9a-f]{32}")
+"""A Session-Buddy id: a ULID (before 0.36) or the hex of a uuid7 (0.36)."""
+
+
+def insight_api() -> bool:
+    """Whether the installed Session-Buddy still has its insight API (``store_insight``; gone in 0.36)."""
+    from session_buddy.adapters.reflection_adapter_oneiric import ReflectionDatabaseAdapterOneiric
+
+    return hasattr(ReflectionDatabaseAdapterOneiric, "store_insight")
+
+
+@pytest.fixture(params=["as-installed", "reflections-only"])
+def api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Session-Buddy as installed, and with only reflections (0.36's shape: no insight methods).
+
+    Returns what the sink will meet: ``"insights"`` (the insight API) or ``"reflections"``.
+    """
+    if request.param == "reflections-only":
+        from session_buddy.adapters.reflection_adapter_oneiric import ReflectionDatabaseAdapterOneiric
+
+        monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "store_insight", raising=False)
+        monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "search_insights", raising=False)
+    return "insights" if insight_api() else "reflections"
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +128,8 @@ def free_port() -> int:
 # --- in-process -------------------------------------------------------------------------------
 
 
-async def test_extracted_insights_land_in_session_buddy_and_its_own_search_finds_them(tmp_path: Path) -> None:
+async def test_extracted_insights_land_in_session_buddy_and_its_own_search_finds_them(tmp_path: Path,
+                                                                                      api: str) -> None:
     settings = make_settings(tmp_path)
     found = extract_insights(AGENT_OUTPUT)
     assert [f.insight_type for f in found] == ["gotcha", "pattern"]
@@ -104,35 +137,46 @@ async def test_extracted_insights_land_in_session_buddy_and_its_own_search_finds
     async with open_sink(settings) as sink, sink.batch() as mode:
         assert mode == "in_process"
         ids = [await sink.deliver(d) for d in deliveries]
-    assert all(len(i) == 26 for i in ids)  # Session-Buddy's ULIDs
+    # Session-Buddy's own ids: ULIDs from store_insight, uuid7 hex from 0.36's store_reflection
+    assert all(SESSION_BUDDY_ID.fullmatch(i) for i in ids), ids
+    if api == "insights":
+        assert all(len(i) == 26 for i in ids)
 
     async with session_buddy_db(settings.session_buddy.database_path) as db:  # type: ignore[arg-type]
-        everything = await db.search_insights("*", limit=50, use_embeddings=False)
+        # Session-Buddy's own listing: '*' of search_insights, or its tag match on "insight"
+        everything = await own_search_rows(db, "*" if api == "insights" else "insight")
         assert {row["id"] for row in everything} == set(ids)
-        by_text = await db.search_insights("DuckDB", limit=10, use_embeddings=False)
+        by_text = await own_search_rows(db, "DuckDB")
         assert [row["id"] for row in by_text] == [ids[0]]
         row = by_text[0]
-        assert row["insight_type"] == "gotcha"
+        if api == "insights":
+            assert row["insight_type"] == "gotcha"
+        assert row["tags"][:2] == ["insight", "gotcha"]
         assert f"om:{deliveries[0].insight_id}" in row["tags"]
         assert "project:oneiric-memory" in row["tags"] and "om-memory:mem-0" in row["tags"]
-        by_tag = await db.search_insights("pattern", limit=10, use_embeddings=False)
+        by_tag = await own_search_rows(db, "pattern")
         assert [r["id"] for r in by_tag] == [ids[1]]
+        for entry_id, item in zip(ids, deliveries, strict=True):  # exactly one copy of each
+            assert [r["id"] for r in await own_search_rows(db, f"om:{item.insight_id}")] == [entry_id]
 
 
-async def test_store_reflection_fallback_when_store_insight_is_missing(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Session-Buddy 0.36 has no store_insight; the sink must fall back to store_reflection(project=...)."""
+async def test_reflections_carry_session_buddys_own_project_and_our_artifact_uri(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without store_insight the sink writes reflections, with the project and provenance the version accepts."""
     from session_buddy.adapters.reflection_adapter_oneiric import ReflectionDatabaseAdapterOneiric
 
-    monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "store_insight")
-    monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "search_insights")
+    monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "store_insight", raising=False)
+    monkeypatch.delattr(ReflectionDatabaseAdapterOneiric, "search_insights", raising=False)
     settings = make_settings(tmp_path)
-    item = delivery("repo-a", "Always pass use_cache=False: the reflection cache ignores the project.")
+    item = delivery("repo-a", "Always pass use_cache=False: the reflection cache ignores the project.", "m-1")
+    odd = delivery("my repo/with spaces", "Session-Buddy refuses this project name; our tag keeps it.", "m-2")
     async with open_sink(settings) as sink:
         entry_id = await sink.deliver(item)
         assert await sink.deliver(item) == entry_id
+        odd_id = await sink.deliver(odd)
         hits = await sink.search_insights("reflection cache", projects=["repo-a"])
-    assert [h.id for h in hits] == [entry_id]
+        assert [h.id for h in hits] == [entry_id]
+        assert [h.id for h in await sink.search_insights("refuses", projects=["my repo/with spaces"])] == [odd_id]
     async with session_buddy_db(settings.session_buddy.database_path) as db:  # type: ignore[arg-type]
         rows = await db.search_reflections("use_cache=False", use_embeddings=False, use_cache=False,
                                            project="repo-a")
@@ -140,6 +184,71 @@ async def test_store_reflection_fallback_when_store_insight_is_missing(tmp_path:
         assert rows[0]["tags"][:2] == ["insight", item.insight_type]
         assert await db.search_reflections("use_cache=False", use_embeddings=False, use_cache=False,
                                            project="repo-b") == []
+        columns = {r[0] for r in db.conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'reflections_v2'").fetchall()}
+        wanted = ["project"] + (["source_artifact_uri"] if "source_artifact_uri" in columns else [])
+        stored = {r[0]: r[1:] for r in db.conn.execute(
+            f"SELECT id, {', '.join(wanted)} FROM reflections_v2 WHERE id IN (?, ?)", [entry_id, odd_id]).fetchall()}
+    assert stored[entry_id][0] == "repo-a"
+    assert stored[odd_id][0] is None  # not a name Session-Buddy accepts; the project:<name> tag carries it
+    if "source_artifact_uri" in columns:  # Session-Buddy 0.36
+        assert stored[entry_id][1] == "oneiric-memory://m-1"
+
+
+async def test_delete_insights_removes_them_from_session_buddys_own_search(tmp_path: Path, api: str) -> None:
+    """Issue 12: forgetting deletes the delivered insight, by our id, by Session-Buddy's id or by handle."""
+    settings = make_settings(tmp_path)
+    a = delivery("repo-a", "Forget me: the first secret about the staging database.", "m-a")
+    b = delivery("repo-a", "Forget me too: the second secret about the staging database.", "m-b")
+    c = delivery("repo-b", "Forget me as well: the third secret about the staging database.", "m-c")
+    keep = delivery("repo-a", "Keep me: the staging database is rebuilt nightly.", "m-k")
+    async with open_sink(settings) as sink:
+        async with sink.batch():
+            ids = {d.insight_id: await sink.deliver(d) for d in (a, b, c, keep)}
+        async with session_buddy_db(settings.session_buddy.database_path) as db:  # type: ignore[arg-type]
+            plain = await db.store_reflection("A plain reflection about the staging database secret.",
+                                              tags=["notes"])
+        assert len(await sink.search_insights("*")) == 4
+
+        assert await sink.delete_insights([a.insight_id]) == 1  # our id (the outbox key)
+        assert await sink.delete_insights([a.insight_id]) == 0  # idempotent
+        assert await sink.delete_insights([ids[b.insight_id], ids[b.insight_id]]) == 1  # Session-Buddy's own id
+        assert await sink.delete_insights([f"om:{c.insight_id}", "om:never-delivered"]) == 1  # the MCP handle
+        assert await sink.delete_insights([plain]) == 0  # never a row that is not an insight
+        assert await sink.delete_insights([]) == 0
+        for bad in ("abc", [""], ["x" * 129], ["no spaces"], [None], b"ab"):
+            with pytest.raises(InvalidInput):
+                await sink.delete_insights(bad)  # type: ignore[arg-type]
+
+        remaining = await sink.search_insights("*")
+        assert [(h.id, h.insight_id) for h in remaining] == [(ids[keep.insight_id], keep.insight_id)]
+        assert [h.id for h in await sink.search_insights("secret")] == []
+        assert (await sink.component_health()).metadata["deleted"] == 3
+        # a forgotten insight delivered again (a re-remembered memory) is stored anew
+        again = await sink.deliver(a)
+        assert again != ids[a.insight_id] and await sink.delete_insights([a.insight_id]) == 1
+    async with session_buddy_db(settings.session_buddy.database_path) as db:  # type: ignore[arg-type]
+        for item in (a, b, c):
+            assert await own_search_rows(db, f"om:{item.insight_id}") == []
+        assert await own_search_rows(db, "Forget me") == []
+        assert [r["id"] for r in await own_search_rows(db, "Keep me")] == [ids[keep.insight_id]]
+        plain_rows = await db.search_reflections("plain reflection", use_embeddings=False, use_cache=False)
+        assert [r["id"] for r in plain_rows] == [plain]
+
+
+async def test_delete_waits_while_another_process_holds_the_file(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    path = settings.session_buddy.database_path
+    assert path is not None
+    item = delivery("repo-a", "Delete me once the lock is released.")
+    async with open_sink(settings) as sink:
+        await sink.deliver(item)
+        with hold_duckdb_lock(path):
+            with pytest.raises(InsightSinkError) as caught:
+                await sink.delete_insights([item.insight_id])
+            assert caught.value.details["reason"] == "locked"
+        assert await sink.delete_insights([item.insight_id]) == 1
+        assert await sink.search_insights("*") == []
 
 
 async def test_delivery_is_idempotent_by_insight_id(tmp_path: Path) -> None:
@@ -161,7 +270,7 @@ async def test_delivery_is_idempotent_by_insight_id(tmp_path: Path) -> None:
         assert await sink.deliver(delivery("repo-b", item.content)) != first
 
 
-async def test_search_insights_filters_by_project(tmp_path: Path) -> None:
+async def test_search_insights_filters_by_project(tmp_path: Path, api: str) -> None:
     settings = make_settings(tmp_path)
     a = delivery("repo-a", "Watch out: the HNSW index ignores filters on small tables.")
     b = delivery("repo-b", "Watch out: an HNSW index needs SET LOCAL for ef_search.")
@@ -181,6 +290,8 @@ async def test_search_insights_filters_by_project(tmp_path: Path) -> None:
         assert await sink.search_insights("hnsw index", projects=[]) == []
         assert await sink.search_insights("hnsw index", projects=["nobody"]) == []
         assert len(await sink.search_insights("*", limit=2)) == 2
+        everything = await sink.search_insights("*")  # the wildcard lists every insight, whatever the version
+        assert {h.id for h in everything} == set(ids.values()) and len(everything) == 3
         assert {h.project for h in await sink.search_insights("*", projects=["repo-b", "repo-c"])} == {
             "repo-b", "repo-c"}
 
@@ -220,7 +331,7 @@ async def test_lock_held_by_another_process_fails_cleanly_then_succeeds(tmp_path
         health = await sink.component_health()
         assert health.status is HealthStatus.HEALTHY and health.metadata["lock"] == "free"
     async with session_buddy_db(path) as db:
-        rows = await db.search_insights("waits for the lock", use_embeddings=False)
+        rows = await own_search_rows(db, "waits for the lock")
         assert [r["id"] for r in rows] == [entry_id]
 
 
@@ -398,10 +509,44 @@ class SessionBuddyServer:
                 pytest.fail(f"Session-Buddy's server did not answer within 180 s:\n{self.log.read_text()[-2000:]}")
             try:
                 async with Client(self.url, timeout=5, init_timeout=5) as client:
-                    await client.ping()
+                    await client.list_tools()  # not ping(): 0.36 with fastmcp 4 answers it "Method not found"
                 self.ready = True
             except Exception:
                 await asyncio.sleep(0.3)
+
+    async def tool_arguments(self, tool: str) -> set[str]:
+        """The argument names the server's ``tool`` accepts (its input schema)."""
+        from fastmcp import Client
+
+        async with Client(self.url, timeout=30) as client:
+            for listed in await client.list_tools():
+                if listed.name == tool:
+                    return set((listed.inputSchema or {}).get("properties") or ())
+        return set()
+
+    def snapshot_row(self, scratch: Path, entry_id: str, columns: list[str]) -> dict[str, Any]:
+        """One row of the server's file, read from a copy (the server keeps the file locked).
+
+        Committed writes are in the file or its WAL; the copy replays the WAL. Columns the file lacks are absent.
+        """
+        import duckdb
+
+        copy = scratch / "snapshot.duckdb"
+        shutil.copyfile(self.database_path, copy)
+        wal = self.database_path.with_name(self.database_path.name + ".wal")
+        if wal.exists():
+            shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
+        connection = duckdb.connect(str(copy))
+        try:
+            present = [c for c in columns if connection.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name = 'reflections_v2' "
+                "AND column_name = ?", [c]).fetchone() == (1,)]
+            row = connection.execute(f"SELECT {', '.join(['id', *present])} FROM reflections_v2 WHERE id = ?",
+                                     [entry_id]).fetchone()
+        finally:
+            connection.close()
+        assert row is not None, f"{entry_id} is not in the server's file"
+        return dict(zip(["id", *present], row, strict=True))
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> Any:
         from fastmcp import Client
@@ -462,6 +607,27 @@ async def test_mcp_mode_delivers_through_session_buddys_own_server(
     assert len(tagged) == 1
     assert tagged[0]["id"] == entry_id
     assert {"insight", "gotcha", "project:repo-a", "om-memory:mem-9"} <= set(tagged[0]["tags"])
+    assert SESSION_BUDDY_ID.fullmatch(entry_id)  # its real id (ULID on 0.23, uuid7 hex on 0.36)
+
+    # store_reflection got what this version's schema accepts: 0.36 takes project and source_artifact_uri
+    schema = await session_buddy_server.tool_arguments("store_reflection")
+    stored = session_buddy_server.snapshot_row(tmp_path, entry_id, ["project", "source_artifact_uri"])
+    if "project" in schema:
+        assert stored["project"] == "repo-a"
+        assert (await session_buddy_server.call("quick_search", {"query": f"om:{item.insight_id}",
+                                                                 "project": "repo-b"})).content[0].text.count(
+            "reflection.duckdb") == 0
+    if "source_artifact_uri" in schema:
+        assert stored["source_artifact_uri"] == "oneiric-memory://mem-9"
+
+    # no Session-Buddy version has an MCP tool that deletes: refused, so the caller keeps its tombstone
+    async with open_sink(settings) as sink:
+        with pytest.raises(InsightSinkError) as caught:
+            await sink.delete_insights([item.insight_id])
+        assert caught.value.details["reason"] == "unsupported"
+        assert await sink.delete_insights([]) == 0
+        with pytest.raises(InsightSinkError, match="lists every reflection"):
+            await sink.search_insights("*")
 
 
 async def test_auto_mode_picks_mcp_while_the_server_holds_the_file(
@@ -480,3 +646,7 @@ async def test_auto_mode_picks_mcp_while_the_server_holds_the_file(
     async with open_sink(in_process) as sink:
         with pytest.raises(InsightSinkError, match="Session-Buddy holds"):
             await sink.deliver(delivery("repo-a", "In-process cannot take the server's file."))
+    async with open_sink(auto) as sink:  # a deletion goes in-process even in auto mode: it waits for the file
+        with pytest.raises(InsightSinkError) as caught:
+            await sink.delete_insights([delivery("repo-a", "Auto mode found the server answering.").insight_id])
+        assert caught.value.details["reason"] == "locked"
