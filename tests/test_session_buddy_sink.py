@@ -650,3 +650,22 @@ async def test_auto_mode_picks_mcp_while_the_server_holds_the_file(
         with pytest.raises(InsightSinkError) as caught:
             await sink.delete_insights([delivery("repo-a", "Auto mode found the server answering.").insight_id])
         assert caught.value.details["reason"] == "locked"
+
+
+async def test_cleanup_right_after_init_leaves_no_coroutine_unawaited(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11: ``coroutine '_start_import.<locals>.importing' was never awaited`` when the worker stopped
+    before the import it had been handed started. The worker now cancels what is pending before it closes."""
+    import gc
+    import warnings
+
+    settings = make_settings(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            sink = SessionBuddyInsightSink(settings)
+            await sink.init()  # starts importing Session-Buddy on the worker thread
+            await sink.cleanup()  # ...and stops the worker at once
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+    assert [r.getMessage() for r in caplog.records if "Task was destroyed" in r.getMessage()] == []

@@ -46,7 +46,22 @@ class LoopThread:
         try:
             self._loop.run_forever()
         finally:
-            self._loop.close()
+            self._finish()
+
+    def _finish(self) -> None:
+        """Cancel what is still pending (a task created just before the stop has not started yet), then close.
+
+        A task destroyed while pending leaves its coroutine "never awaited"; a cancelled one ends cleanly.
+        """
+        loop = self._loop
+        with contextlib.suppress(Exception):
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
     def submit[T](self, factory: Callable[[], Coroutine[Any, Any, T]]) -> concurrent.futures.Future[T]:
         """Run ``factory()`` on the worker loop without waiting; the coroutine is created there.
