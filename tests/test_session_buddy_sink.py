@@ -441,7 +441,18 @@ async def test_disabled_sink_and_bad_input(tmp_path: Path) -> None:
             with pytest.raises(InvalidInput):
                 await sink.deliver(bad)
         with pytest.raises(InvalidInput):
-            await sink.search_insights("x", limit=0)
+            await sink.deliver(Insight(good.insight_id, "x", "general", "topic", "repo-a"))  # type: ignore[arg-type]
+        hostile_searches: list[dict[str, Any]] = [
+            {"query": "x", "limit": 0}, {"query": "x", "limit": 10**9}, {"query": "x", "limit": "5"},
+            {"query": "x", "limit": True}, {"query": ""}, {"query": "   "}, {"query": "nul\x00"},
+            {"query": "lone \ud800"}, {"query": "x" * 10_001}, {"query": None},
+            {"query": "x", "projects": "repo-a"},  # a string is not split into one-letter projects
+            {"query": "x", "projects": [""]}, {"query": "x", "projects": [1]},
+        ]
+        for arguments in hostile_searches:
+            with pytest.raises(InvalidInput):
+                await sink.search_insights(**arguments)
+        assert await sink.search_insights("Valid", projects=("repo-a",)) == []
     with pytest.raises(ConfigurationError, match="mcp_url"):
         await SessionBuddyInsightSink(make_settings(tmp_path, mode="mcp", mcp_url="localhost:8678")).init()
     not_initialized = SessionBuddyInsightSink(make_settings(tmp_path))

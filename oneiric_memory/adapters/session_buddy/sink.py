@@ -78,6 +78,7 @@ _HEALTH_PROBE_S = 2.0  # upper bound of each probe inside a health check
 _HEALTH_BUDGET_S = 4.0  # whole health check; Oneiric's default health timeout is 5 s
 _MAX_LIMIT = 1000
 _MAX_DELETE = 10_000
+_MAX_QUERY_CHARS = 10_000  # the same bound as the store's text search
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -89,10 +90,38 @@ def _validate(insight: Insight) -> Insight:
         raise InvalidInput("an insight needs non-empty content", field="content")
     if not isinstance(insight.project, str) or not insight.project.strip() or len(insight.project) > 200:
         raise InvalidInput("an insight needs a project name of 1-200 characters", field="project")
+    if not isinstance(insight.insight_type, str) or not isinstance(insight.topics, tuple | list) or not all(
+            isinstance(topic, str) for topic in insight.topics):
+        raise InvalidInput("insight_type must be a string and topics a tuple of strings", field="topics")
     for name, value in (("content", insight.content), ("project", insight.project)):
         if "\x00" in value:
             raise InvalidInput(f"{name} contains a NUL byte; remove it", field=name)
     return insight
+
+
+def _validate_query(query: str) -> None:
+    if not isinstance(query, str):
+        raise InvalidInput("query must be a string", field="query")
+    if not query.strip():
+        raise InvalidInput("query is empty; pass words to search for, or '*' to list every insight", field="query")
+    if len(query) > _MAX_QUERY_CHARS:
+        raise InvalidInput(f"query is longer than {_MAX_QUERY_CHARS} characters", field="query")
+    if "\x00" in query:
+        raise InvalidInput("query contains a NUL byte; remove it", field="query")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("query contains a lone surrogate; pass valid Unicode text", field="query") from None
+
+
+def _validate_projects(projects: Sequence[str] | None) -> frozenset[str] | None:
+    if projects is None:
+        return None
+    if isinstance(projects, str | bytes) or not isinstance(projects, Sequence | set | frozenset):
+        raise InvalidInput("projects must be a list of project names, not a single string", field="projects")
+    if not all(isinstance(p, str) and p.strip() for p in projects):
+        raise InvalidInput("every project must be a non-empty string", field="projects")
+    return frozenset(projects)
 
 
 def _validate_ids(ids: Sequence[str]) -> list[str]:
@@ -516,14 +545,13 @@ class SessionBuddyInsightSink:
     async def search_insights(self, query: str, limit: int = 10,
                               projects: Sequence[str] | None = None) -> list[InsightHit]:
         """Insights in Session-Buddy matching ``query`` ('*' = all), optionally only from ``projects``."""
-        if not isinstance(query, str):
-            raise InvalidInput("query must be a string", field="query")
-        if not 1 <= limit <= _MAX_LIMIT:
-            raise InvalidInput(f"limit must be between 1 and {_MAX_LIMIT}", field="limit")
+        _validate_query(query)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= _MAX_LIMIT:
+            raise InvalidInput(f"limit must be an integer between 1 and {_MAX_LIMIT}", field="limit")
+        wanted = _validate_projects(projects)
         if not self._sb.enabled:
             return []
         self._require_usable()
-        wanted = frozenset(projects) if projects is not None else None
         if wanted is not None and not wanted:
             return []
         fetch = limit if wanted is None else min(max(limit * 10, 50), _MAX_LIMIT)
