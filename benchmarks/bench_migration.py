@@ -39,8 +39,8 @@ import duckdb
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
 from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.duckdb_migration import DuckDBMigration, MigrationReport
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.ops.duckdb_migration import DuckDBMigration, MigrationReport
 from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings, load_settings
 

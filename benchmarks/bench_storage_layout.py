@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.markdown_report import command_line, load_average, machine_line, run_at, write_section
 from benchmarks.synthetic_data import exact_top_k, make_corpus, make_queries
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.settings import load_settings
 
 SCHEMA = "om_bench_layout"

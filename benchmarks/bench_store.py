@@ -59,7 +59,7 @@ from benchmarks.synthetic_data import (
     make_corpus,
     make_queries,
 )
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore, SearchPlan
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, SearchPlan
 from oneiric_memory.records import MemoryRecord, SearchFilters, content_hash
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -385,7 +385,7 @@ async def burst(store: PgvectorMemoryStore, queries: F32, texts: Sequence[str], 
 
 async def probe_costs(store: PgvectorMemoryStore, filters: SearchFilters) -> tuple[float, float, int]:
     """p50 ms of the planner estimate and of the capped count for one filter (what ``plan_vector_search`` runs)."""
-    from oneiric_memory.search_sql import Params, capped_count_sql, estimate_sql, filter_clause
+    from oneiric_memory.adapters.pgvector.search_sql import Params, capped_count_sql, estimate_sql, filter_clause
 
     params = Params()
     where = filter_clause(filters, params)

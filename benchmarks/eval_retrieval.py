@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.evaluation import EvalQuery, EvalSet, load_eval_set, ndcg_at_k, recall_at_k
 from oneiric_memory.protocols import Embedder

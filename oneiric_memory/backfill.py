@@ -15,7 +15,7 @@ from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
 __all__ = ["BackfillReport", "backfill"]
 

@@ -21,7 +21,7 @@ from uuid import UUID
 from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 from oneiric_memory import __version__
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
@@ -291,7 +291,7 @@ class UnifiedMemory:
             await self._sleep(self.settings.coordinator.backfill_interval_s)
 
     async def _maintenance_loop(self) -> None:
-        from oneiric_memory.maintenance import run_periodically
+        from oneiric_memory.ops.maintenance import run_periodically
 
         await run_periodically(self._components.store, self.settings, self._stop)
 
@@ -632,7 +632,7 @@ class UnifiedMemory:
         The doctor's statistics queries are cached for ``maintenance.health_cache_s`` so dashboards polling
         health do not add load; the recall canary runs in `doctor`/`maintain auto`, not here.
         """
-        from oneiric_memory.monitoring import Monitor
+        from oneiric_memory.ops.monitoring import Monitor
 
         now = time.monotonic()
         cached = self._doctor_cache

@@ -24,7 +24,7 @@ from oneiric_memory.protocols import InsightSink
 from oneiric_memory.settings import SessionBuddySettings
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
 __all__ = ["OutboxRelay", "OutboxStatus", "RelayReport"]
 
@@ -63,7 +63,7 @@ def _feed_gauges(store: PgvectorMemoryStore, status: OutboxStatus) -> None:
     """Refresh the ``oneiric_memory.outbox.backlog`` / ``.oldest_age`` gauges (registered by ``monitoring``
     for every store; they report the values cached here, since a gauge callback cannot run SQL)."""
     try:
-        from oneiric_memory.monitoring import _cached
+        from oneiric_memory.ops.monitoring import _cached
     except ImportError:  # pragma: no cover - monitoring is part of the package
         return
     cached = _cached(store)

@@ -43,7 +43,7 @@ async def detached_errors[T](work: Awaitable[T]) -> T:
 
 
 async def _pgvector_store() -> Any:
-    from oneiric_memory.adapters.pgvector_store import pgvector_store_factory
+    from oneiric_memory.adapters.pgvector import pgvector_store_factory
 
     return await detached_errors(pgvector_store_factory())
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedded_server import EmbeddedConnectInfo, EmbeddedPostgres
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo, EmbeddedPostgres
 from oneiric_memory.settings import MemorySettings, load_settings
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())

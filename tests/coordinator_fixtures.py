@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.insights import format_insight_block
 
 __all__ = [

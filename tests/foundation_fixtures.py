@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.settings import MemorySettings
 
 __all__ = ["ADMIN_APP", "admin_connection", "ensure_database", "eventually", "opened_store", "unit_vector"]

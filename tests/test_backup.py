@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.backup import archive_schemas, backup, find_pg_binary, libpq_environment, restore
-from oneiric_memory.database import ConnectParams
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.connection import ConnectParams
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
 from oneiric_memory.insights import Insight
+from oneiric_memory.ops.backup import archive_schemas, backup, find_pg_binary, libpq_environment, restore
 from oneiric_memory.records import MemoryRecord
 from tests.conftest import make_settings
 from tests.ops_fixtures import clustered_vectors, load, open_store

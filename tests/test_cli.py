@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.cli import EXIT_CODES
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from tests.cli_helpers import run_cli, store_env
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import StoreUnavailable
 from oneiric_memory.records import MemoryRecord, SearchFilters, UpsertResult
 from tests.conftest import make_settings

@@ -21,8 +21,8 @@ import pytest
 from mcp_common.health import HealthCheckResponse, HealthStatus
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreUnavailable
 from oneiric_memory.insights import insight_id
 from oneiric_memory.records import MemoryRecord, SearchFilters

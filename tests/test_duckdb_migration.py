@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
 from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.duckdb_migration import DuckDBMigration, ProgressEvent, SourceLockedError
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import InsightSinkError
+from oneiric_memory.ops.duckdb_migration import DuckDBMigration, ProgressEvent, SourceLockedError
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
 from oneiric_memory.testing.fake_ollama import FakeOllama
@@ -307,8 +307,8 @@ async def test_sigkill_mid_run_then_resume(mstore: PgvectorMemoryStore, msetting
         import asyncio, os, signal
         from pathlib import Path
         from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-        from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-        from oneiric_memory.duckdb_migration import DuckDBMigration
+        from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+        from oneiric_memory.ops.duckdb_migration import DuckDBMigration
         from oneiric_memory.settings import load_settings
 
         async def main():
@@ -577,7 +577,7 @@ def test_cli_migrates_validates_and_rolls_back(cli_app: Any, pg_server: Any, pg_
 
 @pytest.mark.asyncio
 async def test_alembic_revision_downgrades_and_upgrades(mstore: PgvectorMemoryStore) -> None:
-    from oneiric_memory.migrator import Migrator
+    from oneiric_memory.adapters.pgvector.migrator import Migrator
 
     async def tables() -> set[str]:
         async with mstore.gate.acquire() as connection:

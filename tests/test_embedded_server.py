@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedded_server import EmbeddedPostgres
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedPostgres
 from oneiric_memory.settings import MemorySettings, load_settings
 
 REPLY = "@@reply "
@@ -29,7 +29,7 @@ CHILD = r'''
 import asyncio, json, sys
 from pathlib import Path
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import load_settings
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from tests.foundation_fixtures import unit_vector

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.insights import format_insight_block
 from oneiric_memory.mahavishnu import ADAPTER_ID, OneiricMemoryAdapter, attach
 from tests.coordinator_fixtures import drop_schema

@@ -9,10 +9,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore, ivfflat_lists_for
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, ivfflat_lists_for
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
-from oneiric_memory.maintenance import (
+from oneiric_memory.ops.maintenance import (
     AUTOVACUUM_SETTINGS,
     PACKAGE_TABLES,
     Maintenance,
@@ -20,7 +20,7 @@ from oneiric_memory.maintenance import (
     ivfflat_probes_for,
     run_periodically,
 )
-from oneiric_memory.monitoring import Monitor
+from oneiric_memory.ops.monitoring import Monitor
 from oneiric_memory.records import MemoryRecord
 from tests.ops_fixtures import clustered_vectors, dead_tuples, delete_rows, load, open_store, vector_index_options
 

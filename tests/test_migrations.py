@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.migrator import Migrator
 from oneiric_memory.errors import SchemaMismatch
-from oneiric_memory.migrator import Migrator
 from oneiric_memory.records import MemoryRecord
 from tests.conftest import make_settings
 from tests.foundation_fixtures import admin_connection, opened_store, unit_vector

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.insights import Insight
-from oneiric_memory.maintenance import Maintenance
-from oneiric_memory.monitoring import Monitor, health_score
+from oneiric_memory.ops.maintenance import Maintenance
+from oneiric_memory.ops.monitoring import Monitor, health_score
 from oneiric_memory.records import MemoryRecord
 from tests.ops_fixtures import DIM, clustered_vectors, load, open_store
 
@@ -203,7 +203,7 @@ async def test_statements_unavailable_says_how_to_enable(store: PgvectorMemorySt
 
 
 def test_health_score_penalties() -> None:
-    from oneiric_memory.monitoring import Finding
+    from oneiric_memory.ops.monitoring import Finding
 
     assert health_score([]) == 100
     assert health_score([Finding("info", "a", "x"), Finding("warning", "b", "y")]) == 85

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from tests.cli_helpers import run_cli, store_env
 
 ROOT = Path(__file__).resolve().parents[1]

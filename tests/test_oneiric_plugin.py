@@ -22,7 +22,7 @@ from oneiric.core.resolution import CandidateSource, Resolver
 from oneiric.plugins import register_entrypoint_plugins
 from oneiric.remote.models import RemoteManifest
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.plugin import ADAPTER_SPECS, oneiric_adapters
 from tests.coordinator_fixtures import drop_schema
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from mcp_common.health import HealthStatus
 
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from tests.conftest import make_settings
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.adapters.session_buddy import SessionBuddyInsightSink
 from oneiric_memory.coordinator import UnifiedMemory
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InsightSinkError, StoreError
 from oneiric_memory.insights import Insight, insight_id
 from oneiric_memory.outbox import OutboxRelay

@@ -25,8 +25,8 @@ import numpy.typing as npt
 import pytest
 import pytest_asyncio
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore, SearchPlan
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, SearchPlan
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.records import MemoryRecord, SearchFilters, SearchHit
 from tests.conftest import make_settings

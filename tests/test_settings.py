@@ -11,9 +11,9 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.database import ConnectParams
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.connection import ConnectParams
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import ConfigurationError, StoreError
 from oneiric_memory.settings import MemorySettings, PostgresSettings, load_settings
 from tests.conftest import make_settings

@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, StoreUnavailable
 from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, SearchFilters

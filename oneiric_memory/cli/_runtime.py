@@ -29,7 +29,7 @@ from oneiric_memory.errors import (
 )
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
     from oneiric_memory.coordinator import UnifiedMemory
     from oneiric_memory.settings import MemorySettings
 
@@ -141,7 +141,7 @@ def settings(overrides: dict[str, Any] | None = None) -> MemorySettings:
 
 async def open_store(overrides: dict[str, Any] | None = None, *, migrate: bool = True) -> PgvectorMemoryStore:
     """The store alone (ops commands need no embedder or sink), built by its factory."""
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
     configured = settings(overrides)
     if not migrate:

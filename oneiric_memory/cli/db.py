@@ -9,8 +9,8 @@ import typer
 from oneiric_memory.cli._runtime import UsageProblem, console, open_memory, open_store, progress, run, settings
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-    from oneiric_memory.database import ConnectParams
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector.connection import ConnectParams
 
 __all__ = ["ORDER", "register"]
 
@@ -20,14 +20,14 @@ db_app = typer.Typer(help="Schema migrations (Alembic, shipped inside the packag
 
 
 async def _unmigrated_store() -> PgvectorMemoryStore:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
     return PgvectorMemoryStore(settings({"postgres": {"auto_migrate": False}}))
 
 
 async def _bootstrap(store: Any) -> ConnectParams:
     """Connection parameters with the server started and pgvector present, without migrating."""
-    from oneiric_memory.database import connect_once, ensure_vector_extension
+    from oneiric_memory.adapters.pgvector.connection import connect_once, ensure_vector_extension
 
     params: ConnectParams = await store._resolve_params()
     connection = await connect_once(params, store.settings.postgres)
@@ -43,7 +43,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to head)."""
 
     async def work() -> None:
-        from oneiric_memory.migrator import Migrator
+        from oneiric_memory.adapters.pgvector.migrator import Migrator
 
         store = await _unmigrated_store()
         try:
@@ -61,7 +61,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
     """Downgrade the schema (``base`` removes every table of this package: data is lost)."""
 
     async def work() -> None:
-        from oneiric_memory.migrator import Migrator
+        from oneiric_memory.adapters.pgvector.migrator import Migrator
 
         store = await _unmigrated_store()
         try:
@@ -79,7 +79,7 @@ def db_current() -> None:
     """Show the schema's current revision and the package's head."""
 
     async def work() -> None:
-        from oneiric_memory.migrator import Migrator
+        from oneiric_memory.adapters.pgvector.migrator import Migrator
 
         store = await _unmigrated_store()
         try:

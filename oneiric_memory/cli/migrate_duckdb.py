@@ -17,7 +17,7 @@ from oneiric_memory.cli._runtime import CheckFailed, UsageProblem, console, err_
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from oneiric_memory.duckdb_migration import (
+    from oneiric_memory.ops.duckdb_migration import (
         DuckDBMigration,
         Inventory,
         MigrationReport,
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
             print_json(data)
 
         async def work() -> None:
-            from oneiric_memory.duckdb_migration import DuckDBMigration
+            from oneiric_memory.ops.duckdb_migration import DuckDBMigration
 
             store = await open_store()
             try:

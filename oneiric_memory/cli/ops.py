@@ -41,7 +41,7 @@ def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
 
 
 async def _with_maintenance(action: str, **kwargs: Any) -> dict[str, Any]:
-    from oneiric_memory.maintenance import Maintenance
+    from oneiric_memory.ops.maintenance import Maintenance
 
     store = await open_store()
     try:
@@ -95,7 +95,7 @@ def stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Pool, tables, indexes, vector index, slow queries and outbox numbers."""
 
     async def work() -> dict[str, Any]:
-        from oneiric_memory.monitoring import Monitor
+        from oneiric_memory.ops.monitoring import Monitor
 
         store = await open_store()
         try:
@@ -111,7 +111,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
     """Health score and findings, each with what to do (exit 7 on a critical finding)."""
 
     async def work() -> dict[str, Any]:
-        from oneiric_memory.monitoring import Monitor
+        from oneiric_memory.ops.monitoring import Monitor
 
         store = await open_store()
         try:
@@ -140,7 +140,7 @@ def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump 
     """Back up the package's schema with pg_dump (custom format)."""
 
     async def work() -> Any:
-        from oneiric_memory.backup import backup as run_backup
+        from oneiric_memory.ops.backup import backup as run_backup
 
         store = await open_store()
         try:
@@ -163,7 +163,7 @@ def restore(path: Annotated[Path, typer.Argument(help="Archive written by `backu
         raise UsageProblem(f"{path} does not exist")
 
     async def work() -> Any:
-        from oneiric_memory.backup import restore as run_restore
+        from oneiric_memory.ops.backup import restore as run_restore
         with progress("pg_restore", None):
             return await run_restore(settings(), path)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
-from oneiric_memory.database import (
+from oneiric_memory.adapters.pgvector.connection import (
     ConnectParams,
     PoolGate,
     connect_once,
@@ -33,22 +33,9 @@ from oneiric_memory.database import (
     run_with_retries,
     wait_closed,
 )
-from oneiric_memory.embedded_server import EmbeddedPostgres
-from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError
-from oneiric_memory.insights import Insight
-from oneiric_memory.migrator import Migrator
-from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
-from oneiric_memory.records import (
-    MemoryRecord,
-    SearchFilters,
-    SearchHit,
-    SearchMode,
-    StoredMemory,
-    UpsertResult,
-    check_embedding,
-    content_hash,
-)
-from oneiric_memory.search_sql import (
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedPostgres
+from oneiric_memory.adapters.pgvector.migrator import Migrator
+from oneiric_memory.adapters.pgvector.search_sql import (
     Params,
     bm25_branch,
     capped_count_sql,
@@ -60,6 +47,19 @@ from oneiric_memory.search_sql import (
     text_search_sql,
     vector_branch,
     vector_search_sql,
+)
+from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError
+from oneiric_memory.insights import Insight
+from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
+from oneiric_memory.records import (
+    MemoryRecord,
+    SearchFilters,
+    SearchHit,
+    SearchMode,
+    StoredMemory,
+    UpsertResult,
+    check_embedding,
+    content_hash,
 )
 from oneiric_memory.settings import MemorySettings, load_settings, validate_identifier
 
@@ -263,7 +263,7 @@ class PgvectorMemoryStore:
 
     def _register_gauges(self) -> None:
         """Pool, outbox, pending-embedding and canary gauges (registered once per process, labelled by schema)."""
-        from oneiric_memory.monitoring import register_metrics
+        from oneiric_memory.ops.monitoring import register_metrics
 
         register_metrics(self)
 

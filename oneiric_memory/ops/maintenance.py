@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
-from oneiric_memory.database import translate_error
+from oneiric_memory.adapters.pgvector.connection import translate_error
 from oneiric_memory.errors import InvalidInput, OneiricMemoryError, StoreUnavailable
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
 __all__ = [
     "AUTOVACUUM_SETTINGS",
@@ -652,7 +652,7 @@ class Maintenance:
                 actions.append(ActionRecord("vacuum", reason, vacuumed.to_dict()))
 
     async def _canary_reason(self, observations: dict[str, Any]) -> str | None:
-        from oneiric_memory.monitoring import Monitor
+        from oneiric_memory.ops.monitoring import Monitor
 
         try:
             canary = await Monitor(self.store, outbox_table=False).recall_canary()
@@ -667,7 +667,7 @@ class Maintenance:
 
 
 def _ivfflat_lists_for(rows: int) -> int:
-    from oneiric_memory.adapters.pgvector_store import ivfflat_lists_for
+    from oneiric_memory.adapters.pgvector import ivfflat_lists_for
 
     return ivfflat_lists_for(rows)
 

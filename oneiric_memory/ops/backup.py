@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.database import ConnectParams, connect_once, ensure_vector_extension
-from oneiric_memory.embedded_server import EmbeddedPostgres, embedded_bin_dir
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.connection import ConnectParams, connect_once, ensure_vector_extension
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedPostgres, embedded_bin_dir
 from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, validate_identifier

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from oneiric_memory.errors import InvalidInput, OneiricMemoryError, StoreError
-from oneiric_memory.maintenance import PACKAGE_TABLES, _jsonable, count_embedded_rows, direct_connection
 from oneiric_memory.observability import get_logger, register_gauge, span
+from oneiric_memory.ops.maintenance import PACKAGE_TABLES, _jsonable, count_embedded_rows, direct_connection
 
 if TYPE_CHECKING:  # mcp_common is imported lazily: it pulls in fastmcp, which costs seconds per process
     from mcp_common.health import ComponentHealth
 
-    from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
 __all__ = [
     "CanaryResult",

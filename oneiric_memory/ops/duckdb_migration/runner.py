@@ -48,8 +48,8 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 import duckdb
 
-from oneiric_memory.adapters.pgvector_store import PgvectorMemoryStore
-from oneiric_memory.database import connect_once
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.connection import connect_once
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InsightSinkError, InvalidInput, StoreError
 from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder

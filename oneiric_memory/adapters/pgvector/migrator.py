@@ -19,14 +19,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from oneiric_memory.database import ConnectParams
+from oneiric_memory.adapters.pgvector.connection import ConnectParams
 from oneiric_memory.errors import SchemaMismatch, StoreError
 from oneiric_memory.settings import PostgresSettings
 
 __all__ = ["HEAD", "Migrator"]
 
 HEAD = "head"
-_SCRIPT_LOCATION = Path(__file__).parent / "migrations"
+_SCRIPT_LOCATION = Path(__file__).parents[2] / "migrations"
 
 
 class Migrator:

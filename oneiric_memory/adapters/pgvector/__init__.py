@@ -1,0 +1,20 @@
+"""The PostgreSQL + pgvector memory store: the only code that issues SQL against this package's tables.
+
+Import the store and its factory from here; the modules inside are its named parts.
+"""
+
+from oneiric_memory.adapters.pgvector.store import (
+    PendingMemory,
+    PgvectorMemoryStore,
+    SearchPlan,
+    ivfflat_lists_for,
+    pgvector_store_factory,
+)
+
+__all__ = [
+    "PendingMemory",
+    "PgvectorMemoryStore",
+    "SearchPlan",
+    "ivfflat_lists_for",
+    "pgvector_store_factory",
+]
