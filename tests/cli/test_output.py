@@ -12,7 +12,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from tests.cli_helpers import store_env
 
 ROOT = Path(__file__).resolve().parents[2]

