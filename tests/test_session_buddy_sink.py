@@ -31,6 +31,7 @@ import pytest
 from mcp_common.health import HealthStatus
 
 from oneiric_memory.adapters.session_buddy import SessionBuddyInsightSink, session_buddy_sink_factory
+from oneiric_memory.adapters.session_buddy.mcp_backend import tool_arguments
 from oneiric_memory.errors import ConfigurationError, InsightSinkError, InvalidInput
 from oneiric_memory.insights import Insight, InsightHit, extract_insights, format_insight_block, insight_id
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -230,7 +231,7 @@ async def test_delete_insights_removes_them_from_session_buddys_own_search(tmp_p
     async with session_buddy_db(settings.session_buddy.database_path) as db:  # type: ignore[arg-type]
         for item in (a, b, c):
             assert await own_search_rows(db, f"om:{item.insight_id}") == []
-        assert await own_search_rows(db, "Forget me") == []
+        assert await own_search_rows(db, "Forget") == []
         assert [r["id"] for r in await own_search_rows(db, "Keep me")] == [ids[keep.insight_id]]
         plain_rows = await db.search_reflections("plain reflection", use_embeddings=False, use_cache=False)
         assert [r["id"] for r in plain_rows] == [plain]
@@ -331,7 +332,7 @@ async def test_lock_held_by_another_process_fails_cleanly_then_succeeds(tmp_path
         health = await sink.component_health()
         assert health.status is HealthStatus.HEALTHY and health.metadata["lock"] == "free"
     async with session_buddy_db(path) as db:
-        rows = await own_search_rows(db, "waits for the lock")
+        rows = await own_search_rows(db, "waits")  # one word: 0.36's text search matches any word
         assert [r["id"] for r in rows] == [entry_id]
 
 
@@ -532,7 +533,7 @@ class SessionBuddyServer:
         async with Client(self.url, timeout=30) as client:
             for listed in await client.list_tools():
                 if listed.name == tool:
-                    return set((listed.inputSchema or {}).get("properties") or ())
+                    return set(tool_arguments(listed))
         return set()
 
     def snapshot_row(self, scratch: Path, entry_id: str, columns: list[str]) -> dict[str, Any]:
@@ -623,11 +624,8 @@ async def test_mcp_mode_delivers_through_session_buddys_own_server(
     # store_reflection got what this version's schema accepts: 0.36 takes project and source_artifact_uri
     schema = await session_buddy_server.tool_arguments("store_reflection")
     stored = session_buddy_server.snapshot_row(tmp_path, entry_id, ["project", "source_artifact_uri"])
-    if "project" in schema:
+    if "project" in schema:  # (not checked through quick_search(project=): its cache ignores the project)
         assert stored["project"] == "repo-a"
-        assert (await session_buddy_server.call("quick_search", {"query": f"om:{item.insight_id}",
-                                                                 "project": "repo-b"})).content[0].text.count(
-            "reflection.duckdb") == 0
     if "source_artifact_uri" in schema:
         assert stored["source_artifact_uri"] == "oneiric-memory://mem-9"
 

@@ -36,7 +36,7 @@ from oneiric_memory.adapters.session_buddy.tags import (
 from oneiric_memory.errors import InsightSinkError
 from oneiric_memory.insights import Insight, InsightHit
 
-__all__ = ["McpBackend", "mcp_answers"]
+__all__ = ["McpBackend", "mcp_answers", "tool_arguments"]
 
 _MCP_FIND_LIMIT = 200
 # A Session-Buddy id in a tool's answer: a 26-character ULID (0.23) or the 32 hex digits of a uuid7 (0.36).
@@ -48,10 +48,18 @@ async def _close(client: Any) -> None:
         await client.__aexit__(None, None, None)
 
 
+def tool_arguments(tool: Any) -> frozenset[str]:
+    """The argument names a listed tool accepts (``input_schema`` in MCP SDK 2, ``inputSchema`` before)."""
+    schema = getattr(tool, "input_schema", None)
+    if schema is None:
+        schema = getattr(tool, "inputSchema", None)
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    return frozenset(properties or ())
+
+
 async def _list_tools(client: Any, timeout: float) -> dict[str, frozenset[str]]:
     async with asyncio.timeout(timeout):
-        return {tool.name: frozenset((tool.inputSchema or {}).get("properties") or ())
-                for tool in await client.list_tools()}
+        return {tool.name: tool_arguments(tool) for tool in await client.list_tools()}
 
 
 async def mcp_answers(url: str, bound_s: float) -> bool:
