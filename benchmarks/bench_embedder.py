@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import structlog
 
-from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
 from oneiric_memory.settings import load_settings
 
 BEGIN, END = "<!-- BEGIN embedder -->", "<!-- END embedder -->"

@@ -37,8 +37,8 @@ from typing import Any
 
 import duckdb
 
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
+from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.ops.duckdb_migration import DuckDBMigration, MigrationReport
 from oneiric_memory.protocols import Embedder

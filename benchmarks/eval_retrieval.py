@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.evaluation import EvalQuery, EvalSet, load_eval_set, ndcg_at_k, recall_at_k
@@ -297,7 +297,7 @@ def write_section(path: Path, section: str) -> None:
 async def ollama_embedder(base: MemorySettings) -> tuple[Embedder | None, str]:
     """The Ollama embedder when importable and reachable, else ``None`` and the reason."""
     try:
-        from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+        from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
     except ImportError as exc:
         return None, f"the Ollama embedder could not be imported ({exc})"
     embedder = OllamaEmbedder(base)

@@ -21,6 +21,7 @@ from uuid import UUID
 from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 from oneiric_memory import __version__
+from oneiric_memory.adapters.embedders.selection import EmbedderSelection
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
@@ -73,6 +74,8 @@ class _Components:
         self.settings = settings
         self.owned = lifecycle is None
         self.embedder_note = ""
+        self.embedder_selection: EmbedderSelection | None = None
+        self.handoff: dict[str, Embedder] = {}
         self.sink_note = ""
         if lifecycle is None:
             from oneiric.core.lifecycle import LifecycleManager, LifecycleSafetyOptions
@@ -94,31 +97,27 @@ class _Components:
             await detached_errors(instance.init())  # no driver frames (and their password) in Oneiric's log
             return instance
 
-        async def ollama() -> Embedder:
-            from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+        def embedder(provider: str) -> Callable[[], Awaitable[Embedder]]:
+            async def build() -> Embedder:
+                chosen = self.handoff.pop(provider, None)  # the instance selection already initialised
+                if chosen is not None:
+                    return chosen
+                from oneiric_memory.adapters.embedders.selection import build_embedder
 
-            instance = OllamaEmbedder(settings)
-            try:
-                await instance.init()
-            except BaseException:
-                await instance.cleanup()
-                raise
-            return instance
+                return await build_embedder(provider, settings)
 
-        async def hashing() -> Embedder:
-            from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-
-            instance = HashingEmbedder(settings)
-            await instance.init()
-            return instance
+            return build
 
         async def sink() -> InsightSink:
             from oneiric_memory.adapters.session_buddy import session_buddy_sink_factory
 
             return await session_buddy_sink_factory(settings, backlog_provider=self._backlog)
 
-        return [("memory_store", "pgvector", store, 700), ("embedding", "ollama", ollama, 600),
-                ("embedding", "hashing", hashing, 100), ("insight_sink", "session_buddy", sink, 600)]
+        from oneiric_memory.adapters.embedders.selection import AUTO_CHAIN
+
+        embedders = [("embedding", provider, embedder(provider), 600 - 100 * rank)
+                     for rank, provider in enumerate(AUTO_CHAIN)]
+        return [("memory_store", "pgvector", store, 700), *embedders, ("insight_sink", "session_buddy", sink, 600)]
 
     _backlog: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
@@ -139,41 +138,28 @@ class _Components:
         await self.try_activate_sink()
 
     async def _activate_embedder(self) -> None:
+        """Choose through the one selection, then activate that provider in the lifecycle (hot-swappable)."""
         from oneiric.core.lifecycle import LifecycleError
 
-        provider = self.settings.embedder.provider
-        if provider == "hashing":
-            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
-            self.embedder_note = "using the hashing embedder (lexical only), as embedder.provider is 'hashing'"
-            return
-        if provider == "auto" and not await self._ollama_answers():
-            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
-            self.embedder_note = (f"Ollama is not reachable at {self.settings.embedder.base_url}: start it with "
-                                  "`ollama serve` or set oneiric_memory.embedder.base_url; fell back to the "
-                                  "hashing embedder (lexical only)")
-            return
+        from oneiric_memory.adapters.embedders.selection import select_embedder
+
+        selection = await select_embedder(self.settings)
+        self.embedder_selection = selection
+        self.embedder_note = selection.note
+        if selection.embedder is not None:
+            self.handoff[selection.provider] = selection.embedder
         try:
-            await self.lifecycle.activate(DOMAIN, "embedding", "ollama")
-            self.embedder_note = f"using Ollama model {self.settings.embedder.model} at {self.settings.embedder.base_url}"
+            await self.lifecycle.activate(DOMAIN, "embedding", selection.provider)
         except LifecycleError as exc:
-            cause = exc.__cause__ or exc
-            reason = cause.message if isinstance(cause, OneiricMemoryError) else f"{type(cause).__name__}"
-            if provider == "ollama":
+            cause = exc.__cause__
+            if isinstance(cause, OneiricMemoryError):
                 raise cause from None
-            await self.lifecycle.activate(DOMAIN, "embedding", "hashing")
-            self.embedder_note = f"{reason.rstrip('.')}; fell back to the hashing embedder (lexical only)"
-
-    async def _ollama_answers(self) -> bool:
-        """A cheap reachability probe, so ``auto`` falls back without a failed activation in the logs."""
-        import httpx
-
-        url = self.settings.embedder.base_url.rstrip("/") + "/api/tags"
-        try:
-            async with httpx.AsyncClient(timeout=self.settings.embedder.connect_timeout_s) as client:
-                response = await client.get(url)
-        except httpx.HTTPError:
-            return False
-        return response.status_code < 500
+            raise
+        finally:
+            leftover = self.handoff.pop(selection.provider, None)  # an app's lifecycle built its own
+            if leftover is not None:
+                await leftover.cleanup()
+        selection.embedder = None  # the lifecycle owns the instance now; look it up per operation
 
     async def try_activate_sink(self) -> bool:
         """Start the Session-Buddy sink if enabled; failure leaves insights queued, never lost."""
@@ -593,6 +579,9 @@ class UnifiedMemory:
             health = ComponentHealth(name="embedding", status=HealthStatus.UNHEALTHY,
                                      message=f"health check failed: {type(exc).__name__}")
         health.metadata["note"] = self.embedder_note
+        selection = self._components.embedder_selection
+        if selection is not None:
+            health.metadata["selection"] = selection.as_dict()
         if "hashing" in embedder.model_id and self.settings.embedder.provider == "auto":
             health = ComponentHealth(name=health.name, status=max(health.status, HealthStatus.DEGRADED),
                                      message=self.embedder_note, latency_ms=health.latency_ms,

@@ -49,13 +49,13 @@ async def _pgvector_store() -> Any:
 
 
 async def _ollama_embedder() -> Any:
-    from oneiric_memory.adapters.ollama_embedder import ollama_embedder_factory
+    from oneiric_memory.adapters.embedders.ollama import ollama_embedder_factory
 
     return await ollama_embedder_factory()
 
 
 async def _hashing_embedder() -> Any:
-    from oneiric_memory.adapters.hashing_embedder import hashing_embedder_factory
+    from oneiric_memory.adapters.embedders.hashing import hashing_embedder_factory
 
     return await hashing_embedder_factory()
 

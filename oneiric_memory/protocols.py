@@ -1,7 +1,7 @@
 """The contracts the store and the coordinator rely on: the embedder and the insight sink.
 
-Both :class:`~oneiric_memory.adapters.hashing_embedder.HashingEmbedder` and
-:class:`~oneiric_memory.adapters.ollama_embedder.OllamaEmbedder` satisfy it. ``model_id`` is what the
+Both :class:`~oneiric_memory.adapters.embedders.hashing.HashingEmbedder` and
+:class:`~oneiric_memory.adapters.embedders.ollama.OllamaEmbedder` satisfy it. ``model_id`` is what the
 store records in its meta table, so two different models never share one vector space by accident.
 """
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mcp_common.health import HealthCheckResponse, HealthStatus
 
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreUnavailable

@@ -24,8 +24,8 @@ import pytest
 import pytest_asyncio
 from typer.testing import CliRunner
 
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
+from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import InsightSinkError
 from oneiric_memory.ops.duckdb_migration import DuckDBMigration, ProgressEvent, SourceLockedError
@@ -306,7 +306,7 @@ async def test_sigkill_mid_run_then_resume(mstore: PgvectorMemoryStore, msetting
     child.write_text(textwrap.dedent(f"""
         import asyncio, os, signal
         from pathlib import Path
-        from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
+        from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
         from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
         from oneiric_memory.ops.duckdb_migration import DuckDBMigration
         from oneiric_memory.settings import load_settings

@@ -100,13 +100,15 @@ def db_reembed(yes: Annotated[bool, typer.Option("--yes", help="Confirm.")] = Fa
         raise UsageProblem("this marks every stored embedding pending; pass --yes to confirm")
 
     async def work() -> None:
-        from oneiric_memory.embedder_selection import select_embedder
+        from oneiric_memory.adapters.embedders.selection import select_embedder
 
         store = await open_store()
         try:
-            embedder, note = await select_embedder(store.settings)
-            reset = await store.switch_embedding_model(embedder.model_id)
-            await embedder.cleanup()
+            selection = await select_embedder(store.settings)
+            note = selection.note
+            reset = await store.switch_embedding_model(selection.model_id)
+            if selection.embedder is not None:
+                await selection.embedder.cleanup()
         finally:
             await store.cleanup()
         console.print(f"{note}\n{reset} embeddings marked pending; running backfill")

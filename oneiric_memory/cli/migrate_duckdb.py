@@ -122,9 +122,9 @@ async def _migration_embedder(settings: Any, store: Any) -> tuple[Embedder, str]
     Ollama is down (rows are stored pending for backfill): falling back to the hashing embedder would be
     refused by the store anyway.
     """
-    from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-    from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder
-    from oneiric_memory.embedder_selection import select_embedder
+    from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
+    from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
+    from oneiric_memory.adapters.embedders.selection import select_embedder
     from oneiric_memory.errors import EmbedderUnavailable
 
     provider = settings.embedder.provider
@@ -141,7 +141,9 @@ async def _migration_embedder(settings: Any, store: Any) -> tuple[Embedder, str]
             return ollama, (f"Ollama is unavailable ({exc.message.rstrip('.')}): rows are stored with their "
                             "embedding pending; run `oneiric-memory backfill` once Ollama is up")
         return ollama, f"using Ollama model {ollama.model} ({ollama.dimension} dims)"
-    return await select_embedder(settings)
+    selection = await select_embedder(settings)
+    assert selection.embedder is not None  # select_embedder hands over an initialised embedder
+    return selection.embedder, selection.note
 
 
 def register(app: typer.Typer) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from oneiric_memory.adapters.hashing_embedder import hash_vectors
+from oneiric_memory.adapters.embedders.hashing import hash_vectors
 
 __all__ = ["FakeOllama", "Fault", "RecordedRequest", "main"]
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp_common.health import HealthStatus
 
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder, hash_vectors, hashing_embedder_factory
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder, hash_vectors, hashing_embedder_factory
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -48,7 +48,7 @@ async def test_dimension_follows_the_store_and_vectors_are_unit_length(tmp_path:
 
 _SCRIPT = """
 import json, sys
-from oneiric_memory.adapters.hashing_embedder import hash_vectors
+from oneiric_memory.adapters.embedders.hashing import hash_vectors
 print(json.dumps(hash_vectors(["Deterministic across processes", "ünïcode wörds ✓", ""], 64).tolist()))
 """
 

@@ -778,9 +778,10 @@ class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # one
         return True, "ok"
 
 
-async def ollama_embedder_factory() -> OllamaEmbedder:
-    """Zero-argument Oneiric factory: load settings, build, ``init()``; closes the client if init fails."""
-    embedder = OllamaEmbedder(load_settings())
+async def ollama_embedder_factory(settings: MemorySettings | None = None) -> OllamaEmbedder:
+    """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
+    ``init()``; closes the client if init fails."""
+    embedder = OllamaEmbedder(settings or load_settings())
     try:
         await embedder.init()
     except BaseException:

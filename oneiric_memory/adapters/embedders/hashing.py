@@ -262,8 +262,9 @@ class HashingEmbedder:
         self._initialized = False
 
 
-async def hashing_embedder_factory() -> HashingEmbedder:
-    """Zero-argument Oneiric factory: load settings, build, ``init()``."""
-    embedder = HashingEmbedder(load_settings())
+async def hashing_embedder_factory(settings: MemorySettings | None = None) -> HashingEmbedder:
+    """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
+    ``init()``."""
+    embedder = HashingEmbedder(settings or load_settings())
     await embedder.init()
     return embedder

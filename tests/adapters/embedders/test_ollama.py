@@ -29,10 +29,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from oneiric_memory import observability
-from oneiric_memory.adapters import ollama_embedder as ollama_module
-from oneiric_memory.adapters.hashing_embedder import HashingEmbedder
-from oneiric_memory.adapters.ollama_embedder import OllamaEmbedder, ollama_embedder_factory
-from oneiric_memory.embedder_selection import select_embedder
+from oneiric_memory.adapters.embedders import ollama as ollama_module
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
+from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder, ollama_embedder_factory
+from oneiric_memory.adapters.embedders.selection import select_embedder
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput
 from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -707,7 +707,8 @@ async def test_oneiric_embedding_api_works(fake: FakeOllama, make_settings: Sett
 
 @pytest.mark.asyncio
 async def test_auto_uses_ollama_when_it_is_reachable(fake: FakeOllama, make_settings: SettingsFactory) -> None:
-    embedder, sentence = await select_embedder(make_settings(fake.base_url, provider="auto"))
+    selection = await select_embedder(make_settings(fake.base_url, provider="auto"))
+    embedder, sentence = selection.embedder, selection.note
     try:
         assert isinstance(embedder, OllamaEmbedder)
         assert "using Ollama model nomic-embed-text" in sentence
@@ -719,7 +720,8 @@ async def test_auto_uses_ollama_when_it_is_reachable(fake: FakeOllama, make_sett
 async def test_auto_falls_back_to_hashing_and_says_why(fake: FakeOllama, make_settings: SettingsFactory) -> None:
     settings = make_settings(fake.base_url, provider="auto")
     fake.stop()
-    embedder, sentence = await select_embedder(settings)
+    selection = await select_embedder(settings)
+    embedder, sentence = selection.embedder, selection.note
     assert isinstance(embedder, HashingEmbedder)
     assert embedder.model_id == "hashing:v1:768"
     assert f"Ollama is not reachable at {fake.base_url}" in sentence
@@ -729,7 +731,8 @@ async def test_auto_falls_back_to_hashing_and_says_why(fake: FakeOllama, make_se
 @pytest.mark.asyncio
 async def test_auto_falls_back_when_the_model_is_missing(make_settings: SettingsFactory) -> None:
     with FakeOllama(models=("all-minilm",)) as server:
-        embedder, sentence = await select_embedder(make_settings(server.base_url, provider="auto"))
+        selection = await select_embedder(make_settings(server.base_url, provider="auto"))
+        embedder, sentence = selection.embedder, selection.note
     assert isinstance(embedder, HashingEmbedder)
     assert "ollama pull nomic-embed-text" in sentence
 
@@ -745,7 +748,8 @@ async def test_provider_ollama_raises_instead_of_falling_back(fake: FakeOllama,
 
 @pytest.mark.asyncio
 async def test_provider_hashing_never_calls_ollama(fake: FakeOllama, make_settings: SettingsFactory) -> None:
-    embedder, sentence = await select_embedder(make_settings(fake.base_url, provider="hashing"))
+    selection = await select_embedder(make_settings(fake.base_url, provider="hashing"))
+    embedder, sentence = selection.embedder, selection.note
     assert isinstance(embedder, HashingEmbedder)
     assert "hashing" in sentence
     assert fake.request_count == 0
