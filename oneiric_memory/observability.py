@@ -63,14 +63,17 @@ class _Stderr:
         sys.stderr.flush()
 
 
-def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
-    """structlog to stderr at ``level`` (JSON lines, or console lines coloured only on a terminal)."""
+def configure_logging(*, json: bool = False, level: str = "INFO", extra_processors: Iterable[Any] = ()) -> None:
+    """structlog to stderr at ``level`` (JSON lines, or console lines coloured only on a terminal).
+
+    ``extra_processors`` run just before rendering (the CLI drops traceback-carrying events unless ``--debug``).
+    """
     numeric = logging.getLevelNamesMapping().get(level.upper())
     if numeric is None:
         raise ValueError(f"log level {level!r} is unknown; use DEBUG, INFO, WARNING or ERROR")
     processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
                               structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False), add_trace_ids,
-                              structlog.processors.StackInfoRenderer()]
+                              structlog.processors.StackInfoRenderer(), *extra_processors]
     if json:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:

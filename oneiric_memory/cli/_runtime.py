@@ -128,8 +128,18 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
 
     from oneiric_memory.observability import configure_logging
 
-    configure_logging(level=STATE.log_level)
+    configure_logging(level=STATE.log_level, extra_processors=() if STATE.debug else (_drop_tracebacks,))
     return asyncio.run(work())  # type: ignore[arg-type]
+
+
+def _drop_tracebacks(_logger: Any, _method: str, event: Any) -> Any:
+    """structlog processor: an event carrying a traceback is about the failure the CLI reports as its one-line
+    error (e.g. Oneiric's ``swap-failed``); ``--debug`` shows both."""
+    if event.get("exc_info") or "exception" in event:
+        import structlog
+
+        raise structlog.DropEvent
+    return event
 
 
 def settings(overrides: dict[str, Any] | None = None) -> MemorySettings:
@@ -141,9 +151,9 @@ def settings(overrides: dict[str, Any] | None = None) -> MemorySettings:
 
 async def open_store(overrides: dict[str, Any] | None = None, *, migrate: bool = True) -> PgvectorMemoryStore:
     """The store alone (ops commands need no embedder or sink), built by its factory."""
+    configured = settings(overrides)
     from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
-    configured = settings(overrides)
     if not migrate:
         configured.postgres.auto_migrate = False
     store = PgvectorMemoryStore(configured)
@@ -154,9 +164,10 @@ async def open_store(overrides: dict[str, Any] | None = None, *, migrate: bool =
 @asynccontextmanager
 async def open_memory(overrides: dict[str, Any] | None = None) -> AsyncIterator[UnifiedMemory]:
     """The coordinator with no background loops (a command does its work, then exits)."""
+    configured = settings(overrides)  # a configuration error is reported before the heavy imports
     from oneiric_memory.coordinator import UnifiedMemory
 
-    async with UnifiedMemory.open(settings(overrides), background=False) as memory:
+    async with UnifiedMemory.open(configured, background=False) as memory:
         yield memory
 
 
@@ -200,18 +211,19 @@ def hits_table(title: str, hits: list[Any]) -> Table:
     return table
 
 
-def health_table(response: Any) -> Table:
-    """The aggregated health, one row per component."""
-    table = Table(title=f"health: {response.status}", title_justify="left")
+def health_table(response: dict[str, Any]) -> Table:
+    """The aggregated health (``HealthCheckResponse.to_dict()``), one row per component."""
+    table = Table(title=f"health: {response['status']}", title_justify="left")
     table.add_column("component")
     table.add_column("status")
     table.add_column("latency ms", justify="right")
     table.add_column("message", overflow="fold", max_width=90)
     colors = {"healthy": "green", "degraded": "yellow", "unhealthy": "red"}
-    for component in response.components:
-        color = colors.get(str(component.status), "white")
-        latency = f"{component.latency_ms:.1f}" if component.latency_ms is not None else ""
-        table.add_row(component.name, f"[{color}]{component.status}[/]", latency, component.message or "")
+    for component in response["components"]:
+        status = str(component["status"])
+        latency = component.get("latency_ms")
+        table.add_row(component["name"], f"[{colors.get(status, 'white')}]{status}[/]",
+                      f"{latency:.1f}" if latency is not None else "", component.get("message") or "")
     return table
 
 

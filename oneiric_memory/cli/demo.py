@@ -60,7 +60,7 @@ def demo(
             unified = await memory.unified_search(DEMO_QUERIES[0], limit=4, projects=["demo"])
             sources = ", ".join(f"{name}={status.status}" for name, status in unified.sources.items())
             console.print(hits_table(f"unified search ({sources})", unified.hits))
-            console.print(health_table(await memory.health()))
+            console.print(health_table((await memory.health()).to_dict()))
             if not keep:
                 await memory.forget(filters=SearchFilters(projects=["demo"]))
         finally:

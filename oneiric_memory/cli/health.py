@@ -17,17 +17,36 @@ _PANEL = "Health and operations"
 def health(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Aggregated health of every part (exit 7 when unhealthy, including a database that cannot be reached)."""
 
-    async def work() -> Any:
-        async with open_memory() as memory:
-            return await memory.health()
+    async def work() -> dict[str, Any]:
+        from oneiric_memory.errors import StoreError
+
+        try:
+            async with open_memory() as memory:
+                return dict((await memory.health()).to_dict())
+        except StoreError as exc:  # the store cannot start: that is the health answer, not a crash
+            return _store_down(exc)
 
     response = run(work)
     if as_json:
-        print_json(response.to_dict())
+        print_json(response)
     else:
         console.print(health_table(response))
-    if str(response.status) == "unhealthy":
-        raise CheckFailed("unhealthy")
+    if str(response["status"]) == "unhealthy":
+        broken = [c for c in response["components"] if str(c["status"]) == "unhealthy"]
+        raise CheckFailed("unhealthy: " + "; ".join(f"{c['name']}: {c.get('message') or 'unhealthy'}"
+                                                    for c in broken))
+
+
+def _store_down(exc: Exception) -> dict[str, Any]:
+    """The health document when the store could not even be opened (same shape as ``to_dict()``)."""
+    from datetime import UTC, datetime
+
+    from oneiric_memory import __version__
+
+    return {"status": "unhealthy", "timestamp": datetime.now(UTC).isoformat(), "version": __version__,
+            "components": [{"name": "memory_store", "status": "unhealthy", "message": str(exc), "latency_ms": None,
+                            "metadata": {"error": type(exc).__name__, **getattr(exc, "details", {})}}],
+            "metadata": {"package": "oneiric-memory"}}
 
 
 def backfill() -> None:

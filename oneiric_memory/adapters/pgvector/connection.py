@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 from pgvector.asyncpg import register_vector
@@ -47,6 +48,18 @@ class ConnectParams:
     dsn: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     ssl: str | None = None
+
+    @property
+    def where(self) -> str:
+        """``host:port`` tried, for error messages (read from the DSN when there is one; never the password)."""
+        host, port = self.host, self.port
+        if self.dsn is not None:
+            try:
+                parts = urlsplit(self.dsn)
+                host, port = parts.hostname, parts.port
+            except ValueError:
+                host, port = None, None
+        return f"{host or 'localhost'}:{port or 5432}"
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -174,7 +187,7 @@ async def create_pool(params: ConnectParams, settings: PostgresSettings, *, vect
     except (ValueError, asyncpg.ClientConfigurationError) as exc:
         raise _bad_connect_config(exc, params) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise translate_error(exc, "connecting to PostgreSQL") from exc
+        raise translate_error(exc, f"connecting to PostgreSQL at {params.where}") from exc
     assert pool is not None
     return pool
 
@@ -187,7 +200,7 @@ async def connect_once(params: ConnectParams, settings: PostgresSettings) -> asy
     except (ValueError, asyncpg.ClientConfigurationError) as exc:
         raise _bad_connect_config(exc, params) from None
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise translate_error(exc, "connecting to PostgreSQL") from exc
+        raise translate_error(exc, f"connecting to PostgreSQL at {params.where}") from exc
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
