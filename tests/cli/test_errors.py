@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_memory.cli import EXIT_CODES
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.cli import EXIT_CODES
 from tests.cli_helpers import invoke, store_env
 
 

