@@ -37,7 +37,14 @@ from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.plugin import detached_errors
 from oneiric_memory.protocols import Embedder, InsightSink
-from oneiric_memory.records import MEMORY_TYPES, MemoryRecord, SearchFilters, SearchHit, SearchMode
+from oneiric_memory.records import (
+    MEMORY_TYPES,
+    MemoryRecord,
+    SearchFilters,
+    SearchHit,
+    SearchMode,
+    StoredMemory,
+)
 from oneiric_memory.settings import MemorySettings, load_settings
 
 __all__ = ["SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
@@ -426,6 +433,18 @@ class UnifiedMemory:
     async def forget(self, ids: Sequence[UUID | str] | None = None, *, filters: SearchFilters | None = None) -> int:
         async with self._admit():
             return await self._components.store().delete(ids, filters=filters)
+
+    async def get(self, ids: Sequence[UUID | str]) -> list[StoredMemory]:
+        """The stored memories with these ids, in input order; unknown ids are left out."""
+        async with self._admit():
+            return await self._components.store().get(ids)
+
+    async def project_counts(self, projects: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        """Live memories per project and type (``{project: {memory_type: n}}``), limited to ``projects``."""
+        if isinstance(projects, str):
+            raise InvalidInput("projects must be a list of strings, not a string", field="projects")
+        async with self._admit():
+            return await self._components.store().count_by_project(projects)
 
     async def backfill(self, *, progress: Callable[[int, int], None] | None = None) -> BackfillReport:
         embedder = self._components.embedder()

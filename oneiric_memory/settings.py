@@ -31,6 +31,7 @@ __all__ = [
     "EmbedderSettings",
     "IDENTIFIER_PATTERN",
     "MaintenanceSettings",
+    "McpSettings",
     "MemorySettings",
     "PostgresSettings",
     "SearchSettings",
@@ -234,6 +235,42 @@ class CoordinatorSettings(_Section):
     health_timeout_s: float = Field(default=3.0, gt=0, description="per-part bound of the aggregated health check")
 
 
+class McpSettings(_Section):
+    """The MCP server (``oneiric-memory mcp``): its project pin and its HTTP listener."""
+
+    projects: list[str] = Field(
+        default_factory=list,
+        description="pin: the only projects the server reads and writes (env: comma-separated); empty = unpinned, "
+                    "and every tool call must name its project")
+    host: str = Field(default="127.0.0.1", description="HTTP bind address; anything but loopback needs mcp.token")
+    port: int = Field(default=8686, ge=1, le=65535)
+    path: str = Field(default="/mcp", description="HTTP endpoint path")
+    token: SecretStr | None = Field(default=None, description="bearer token HTTP clients must send (32+ chars)")
+
+    @field_validator("projects", mode="before")
+    @classmethod
+    def _split_projects(cls, value: Any) -> Any:
+        """Env values arrive as one string: ``alpha,beta``."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("projects")
+    @classmethod
+    def _valid_projects(cls, value: list[str]) -> list[str]:
+        for project in value:
+            if not project.strip() or "\x00" in project or len(project) > 512:
+                raise ValueError("each pinned project must be a non-empty name of at most 512 characters")
+        return list(dict.fromkeys(value))
+
+    @field_validator("path")
+    @classmethod
+    def _valid_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("the HTTP path must start with '/' and hold no spaces")
+        return value
+
+
 class MemorySettings(BaseModel):
     """The whole settings tree; see the module docstring for the layering."""
 
@@ -247,6 +284,7 @@ class MemorySettings(BaseModel):
     search: SearchSettings = Field(default_factory=SearchSettings)
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
 
     @property
     def embedded_data_dir(self) -> Path:

@@ -671,6 +671,30 @@ class PgvectorMemoryStore:
 
         return await run_with_retries(self.settings.postgres, "counting memories", run)
 
+    async def count_by_project(self, projects: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+        """Live (unexpired) memories per project and memory type: ``{project: {memory_type: n}}``.
+
+        ``projects`` limits the answer to those projects (a scoped caller never learns other tenants' names).
+        """
+        filters = SearchFilters(projects=list(projects) if projects is not None else None)
+        filters.validate()
+        if projects is not None and not filters.projects:
+            return {}
+        params = Params()
+        where = filter_clause(filters, params)
+
+        async def run() -> list[asyncpg.Record]:
+            async with self.gate.acquire() as connection:
+                return list(await connection.fetch(
+                    f"SELECT m.project, m.memory_type, count(*) AS n FROM {self.table('memories')} m "
+                    f"WHERE {where} GROUP BY m.project, m.memory_type ORDER BY m.project, m.memory_type",
+                    *params.values))
+
+        counts: dict[str, dict[str, int]] = {}
+        for row in await run_with_retries(self.settings.postgres, "counting memories per project", run):
+            counts.setdefault(row["project"], {})[row["memory_type"]] = int(row["n"])
+        return counts
+
     async def delete(self, ids: Sequence[uuid.UUID | str] | None = None, *,
                      filters: SearchFilters | None = None) -> int:
         """Delete by ids, or by a non-empty filter (an empty filter would delete everything: refused)."""
