@@ -11,7 +11,7 @@ from typing import Any
 from tests.cli_helpers import store_env
 
 BIN = Path(sys.executable).parent
-SERVER_COMMAND = [sys.executable, "-m", "oneiric_memory.mcp"]
+SERVER_COMMAND = [str(BIN / "oneiric-memory"), "mcp"]
 
 
 def server_env(pg_data_dir: Path, *, schema: str | None = None, **extra: str) -> dict[str, str]:
@@ -31,3 +31,60 @@ def data(result: Any) -> dict[str, Any]:
 def error_text(result: Any) -> str:
     assert result.is_error, result
     return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class HttpServer:
+    """``oneiric-memory mcp --http`` as a subprocess; ``url`` once it accepts connections."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.stderr_path = cwd / f"mcp-http-{self.port}.stderr"
+        self._stderr = self.stderr_path.open("wb")
+        self.process = subprocess.Popen([*SERVER_COMMAND, "--http", f"127.0.0.1:{self.port}", *args], cwd=cwd,
+                                        env=env, stdout=subprocess.PIPE, stderr=self._stderr)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited with {self.process.returncode}: {self.stderr()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError("the server did not listen in time")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (killed after 60 s)."""
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stderr.close()
+        return self.process.returncode
+
+    def stderr(self) -> str:
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")

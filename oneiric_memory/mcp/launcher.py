@@ -95,10 +95,10 @@ async def _serve(settings: MemorySettings, *, http: bool) -> None:
         if stopping:
             return
         if http:
-            # Outside uvicorn's serve() (start-up, or the signal it re-raises after draining): stop our task;
-            # the lifespan's finally closes the memory. While serving, uvicorn's own handler is installed.
+            # While serving, uvicorn's own handler is installed; it drains, then re-raises the signal here,
+            # where the lifespan is already closing the memory: nothing to do. Before that (start-up), stop.
             stopping = True
-            if main is not None:
+            if not state.begun and main is not None:
                 loop.call_soon_threadsafe(main.cancel)
             return
         stopping = True

@@ -41,6 +41,11 @@ class MemoryState:
         return self._started
 
     @property
+    def begun(self) -> bool:
+        """True once the server's lifespan began the start (the server is, or was, serving)."""
+        return self._starting is not None or self._started or self._closed
+
+    @property
     def last_error(self) -> str | None:
         if self._last_error is None:
             return None
