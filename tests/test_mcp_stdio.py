@@ -17,7 +17,7 @@ from typing import Any
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
-from oneiric_memory.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from tests.mcp_helpers import SERVER_COMMAND, data, error_text, server_env
 
 TOOLS = {"remember", "search", "unified_search", "get", "forget", "list_projects", "stats", "health"}
