@@ -123,6 +123,8 @@ class MemoryRecord:
     embedding_model: str | None = None
     expires_at: datetime | None = None
     created_at: datetime | None = None
+    id: UUID | None = None
+    """Kept when given (``import`` restores exported ids); a duplicate still answers with the stored id."""
 
     @property
     def content_hash(self) -> str:
@@ -155,6 +157,8 @@ class MemoryRecord:
         if len(encoded) > _MAX_METADATA_BYTES:
             raise InvalidInput(f"{where}metadata is larger than {_MAX_METADATA_BYTES} bytes", field="metadata",
                                index=index)
+        if self.id is not None and not isinstance(self.id, UUID):
+            raise InvalidInput(f"{where}id must be a UUID, got {type(self.id).__name__}", field="id", index=index)
         for name in ("expires_at", "created_at"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):

@@ -152,12 +152,11 @@ def settings(overrides: dict[str, Any] | None = None) -> MemorySettings:
 async def open_store(overrides: dict[str, Any] | None = None, *, migrate: bool = True) -> PgvectorMemoryStore:
     """The store alone (ops commands need no embedder or sink), built by its factory."""
     configured = settings(overrides)
-    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+    from oneiric_memory.adapters.pgvector import pgvector_store_factory
 
     if not migrate:
         configured.postgres.auto_migrate = False
-    store = PgvectorMemoryStore(configured)
-    await store.init()
+    store = await pgvector_store_factory(configured)
     return store
 
 

@@ -1,4 +1,4 @@
-"""Everyday commands on memories: ``remember``, ``search`` and ``unified-search``."""
+"""Everyday commands on memories: ``remember``, ``get``, ``list``, ``forget``, ``search`` and ``unified-search``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.table import Table
 
-from oneiric_memory.cli._runtime import console, hits_table, invalid, open_memory, print_json, run, settings
+from oneiric_memory.cli._runtime import (
+    UsageProblem,
+    console,
+    err_console,
+    hits_table,
+    invalid,
+    open_memory,
+    print_json,
+    run,
+    settings,
+)
 
 if TYPE_CHECKING:
     from oneiric_memory.records import SearchFilters
@@ -231,7 +242,136 @@ def unified_search(
     print_hits(result.hits, as_json, f"unified search ({sources})")
 
 
+def parse_ids(ids: list[str]) -> list[str]:
+    """Memory ids as the tables show them (UUIDs); a malformed one is invalid input."""
+    import uuid
+
+    for value in ids:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise invalid(f"{value[:64]!r} is not a memory id (a UUID, as `search` and `list` show)",
+                          field="id") from None
+    return ids
+
+
+def memory_dict(memory: Any) -> dict[str, Any]:
+    """A stored memory as JSON-ready fields (``get --json``, ``list --json``)."""
+    return {"id": str(memory.id), "project": memory.project, "memory_type": memory.memory_type,
+            "content": memory.content, "metadata": memory.metadata, "source_system": memory.source_system,
+            "agent_id": memory.agent_id, "workflow_id": memory.workflow_id, "repo_id": memory.repo_id,
+            "session_id": memory.session_id, "embedding_model": memory.embedding_model,
+            "embedding_pending": memory.embedding_pending, "created_at": memory.created_at.isoformat(),
+            "updated_at": memory.updated_at.isoformat(),
+            "expires_at": memory.expires_at.isoformat() if memory.expires_at else None}
+
+
+def get(
+    ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Memory ids (as search and list show them).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show memories by id, in full (exit 1 when one is not found)."""
+    wanted = parse_ids(ids)
+
+    async def work() -> list[Any]:
+        async with open_memory({"session_buddy": {"enabled": False}}) as memory:
+            return list(await memory.store.get(wanted))
+
+    found = run(work)
+    if as_json:
+        print_json([memory_dict(m) for m in found])
+    else:
+        for memory in found:
+            table = Table(title=f"memory {memory.id}", title_justify="left", show_header=False)
+            table.add_column("field", style="bold")
+            table.add_column("value", overflow="fold")
+            for key, value in memory_dict(memory).items():
+                if key != "id" and value not in (None, {}):
+                    table.add_row(key, json.dumps(value, ensure_ascii=False) if key == "metadata" else str(value))
+            console.print(table)
+    missing = sorted(set(wanted) - {str(m.id) for m in found})
+    if missing:
+        from oneiric_memory.errors import OneiricMemoryError
+
+        raise OneiricMemoryError(f"no memory with id {', '.join(missing)}")
+
+
+def list_command(
+    project: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
+    memory_type: Annotated[list[str] | None, typer.Option("--type", help="Repeatable.")] = None,
+    agent_id: Annotated[str | None, typer.Option("--agent", "--agent-id")] = None,
+    session_id: Annotated[str | None, typer.Option("--session", "--session-id")] = None,
+    workflow_id: Annotated[str | None, typer.Option("--workflow", "--workflow-id")] = None,
+    repo_id: Annotated[str | None, typer.Option("--repo", "--repo-id")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE", help="Repeatable.")] = None,
+    include_expired: Annotated[bool, typer.Option("--include-expired")] = False,
+    limit: Annotated[int, typer.Option(help="Rows per page (1 to 10000).")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Continue after the page that printed this cursor.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List memories, oldest first, a page at a time (the next page's --cursor is printed on stderr)."""
+    if not 1 <= limit <= 10_000:
+        raise invalid(f"--limit {limit} is out of range; use 1 to 10000", field="limit")
+    filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
+                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta)
+    filters.include_expired = include_expired
+
+    async def work() -> Any:
+        from oneiric_memory.adapters.pgvector import list_memories
+
+        async with open_memory({"session_buddy": {"enabled": False}}) as memory:
+            return await list_memories(memory.store, filters=filters, limit=limit, after=cursor)
+
+    page = run(work)
+    if as_json:
+        print_json({"memories": [memory_dict(m) for m in page.memories], "next_cursor": page.next_cursor})
+        return
+    table = Table(title=f"{len(page.memories)} memories", title_justify="left")
+    for name in ("id", "created", "type", "project", "content"):
+        table.add_column(name, no_wrap=name in ("id", "created"), overflow="fold")
+    for memory in page.memories:
+        text = " ".join(memory.content.split())
+        table.add_row(str(memory.id), memory.created_at.strftime("%Y-%m-%d %H:%M:%S"), memory.memory_type,
+                      memory.project, text[:120] + ("…" if len(text) > 120 else ""))
+    console.print(table)
+    if page.next_cursor:
+        err_console.print(f"more: --cursor {page.next_cursor}", highlight=False)
+
+
+def forget(
+    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID...]", help="Memory ids to forget.")] = None,
+    project: Annotated[list[str] | None, typer.Option(help="Forget by filter (repeatable).")] = None,
+    memory_type: Annotated[list[str] | None, typer.Option("--type", help="Repeatable.")] = None,
+    agent_id: Annotated[str | None, typer.Option("--agent", "--agent-id")] = None,
+    session_id: Annotated[str | None, typer.Option("--session", "--session-id")] = None,
+    workflow_id: Annotated[str | None, typer.Option("--workflow", "--workflow-id")] = None,
+    repo_id: Annotated[str | None, typer.Option("--repo", "--repo-id")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE", help="Repeatable.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm forgetting by filter.")] = False,
+) -> None:
+    """Forget memories by id, or every memory a filter matches (with --yes); prints how many."""
+    filtered = any((project, memory_type, agent_id, session_id, workflow_id, repo_id, meta))
+    if ids and filtered:
+        raise UsageProblem("give ids or filters, not both")
+    if not ids and not filtered:
+        raise UsageProblem("give the ids to forget, or a filter such as --project (with --yes)")
+    wanted = parse_ids(ids) if ids else None
+    filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
+                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta) if filtered else None
+    if filters is not None and not yes:
+        raise UsageProblem("forgetting by filter deletes every memory it matches; pass --yes to confirm")
+
+    async def work() -> int:
+        async with open_memory() as memory:
+            return await memory.forget(wanted, filters=filters)
+
+    console.print(f"forgot {run(work)} memories", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=_PANEL)(remember)
+    app.command(rich_help_panel=_PANEL)(get)
+    app.command("list", rich_help_panel=_PANEL)(list_command)
+    app.command(rich_help_panel=_PANEL)(forget)
     app.command(rich_help_panel=_PANEL)(search)
     app.command("unified-search", rich_help_panel=_PANEL)(unified_search)

@@ -3,6 +3,7 @@
 Import the store and its factory from here; the modules inside are its named parts.
 """
 
+from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
@@ -12,9 +13,12 @@ from oneiric_memory.adapters.pgvector.store import (
 )
 
 __all__ = [
+    "ListedMemory",
+    "MemoryPage",
     "PendingMemory",
     "PgvectorMemoryStore",
     "SearchPlan",
     "ivfflat_lists_for",
+    "list_memories",
     "pgvector_store_factory",
 ]

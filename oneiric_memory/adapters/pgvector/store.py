@@ -430,7 +430,7 @@ class PgvectorMemoryStore:
             seen[key] = index
             first_of.append(index)
             staged[index] = {
-                "ord": index, "id": uuid.uuid4(), "project": record.project, "memory_type": record.memory_type,
+                "ord": index, "id": record.id or uuid.uuid4(), "project": record.project, "memory_type": record.memory_type,
                 "source_system": record.source_system, "agent_id": record.agent_id,
                 "workflow_id": record.workflow_id, "repo_id": record.repo_id, "session_id": record.session_id,
                 "content": record.content, "content_hash": digest, "metadata": dict(record.metadata),
@@ -1235,9 +1235,10 @@ def _safe_db_name(name: str) -> str:
     return validate_identifier(name, what="postgres.database")
 
 
-async def pgvector_store_factory() -> PgvectorMemoryStore:
-    """Oneiric factory: load settings, build, ``await init()``; clean up if init fails."""
-    store = PgvectorMemoryStore(load_settings())
+async def pgvector_store_factory(settings: MemorySettings | None = None) -> PgvectorMemoryStore:
+    """The one way to build the store: settings (loaded when omitted, as Oneiric calls it), ``await init()``
+    (which cleans up if it fails)."""
+    store = PgvectorMemoryStore(settings if settings is not None else load_settings())
     await store.init()
     return store
 
