@@ -62,7 +62,16 @@ EXIT_CODES: dict[str, int] = {
 }
 """Stable exit codes (documented in the README): scripts branch on them."""
 
-console = Console()
+def _width() -> int | None:
+    """A terminal's own width; 160 columns when piped (rich's 80 folds ids and tables) unless COLUMNS says."""
+    import os
+
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return None if sys.stdout.isatty() else 160
+
+
+console = Console(width=_width())
 """Standard output: the command's result and nothing else."""
 err_console = Console(stderr=True)
 """Standard error: progress, notes and the one-line error."""

@@ -28,16 +28,76 @@ _PANEL = "Health and operations"
 maintain_app = typer.Typer(help="Maintenance: vacuum, autovacuum, reindex, expire, auto.", no_args_is_help=True)
 
 
+def _cell(value: Any) -> str:
+    """A readable cell: sizes in units, times without microseconds, nested values as compact JSON."""
+    import json
+    from datetime import datetime
+
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False, separators=(", ", ": "))
+    text = str(value)
+    if len(text) >= 19 and text[4] == "-" and text[10] == "T":  # an ISO time from to_dict()
+        return text[:19].replace("T", " ")
+    return text
+
+
+def _bytes(key: str, value: Any) -> str:
+    if key.endswith("bytes") and isinstance(value, int) and not isinstance(value, bool):
+        for unit in ("B", "kB", "MB", "GB", "TB"):
+            if abs(value) < 1024 or unit == "TB":
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1024  # type: ignore[assignment]
+    return _cell(value)
+
+
+def tables_for(data: dict[str, Any], title: str) -> list[Table]:
+    """A report as tables: scalars in one summary table, each mapping as key/value rows, each list of records
+    as a table with one column per field (what ``stats`` and ``maintain`` print without ``--json``)."""
+    summary = Table(title=title, title_justify="left", show_header=False)
+    summary.add_column("key", style="bold")
+    summary.add_column("value", overflow="fold")
+    tables: list[Table] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value and not all(isinstance(v, dict) for v in value.values()):
+            table = Table(title=key, title_justify="left", show_header=False)
+            table.add_column("key", style="bold")
+            table.add_column("value", overflow="fold", max_width=100)
+            for inner, item in value.items():
+                if isinstance(item, list) and item and all(isinstance(x, dict) for x in item):
+                    tables.extend(tables_for({f"{key}.{inner}": item}, f"{key}.{inner}")[1:])
+                else:
+                    table.add_row(str(inner), _bytes(str(inner), item))
+            tables.append(table)
+        elif isinstance(value, dict) and value:  # a mapping of records: one row each
+            tables.extend(tables_for({key: [{"name": k, **v} for k, v in value.items()]}, key)[1:])
+        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            columns: list[str] = []
+            for row in value:
+                columns += [c for c in row if c not in columns]
+            table = Table(title=key, title_justify="left")
+            for column in columns:
+                table.add_column(column.replace("_", " "), overflow="fold")
+            for row in value:
+                table.add_row(*[_bytes(c, row.get(c)) for c in columns])
+            tables.append(table)
+        else:
+            summary.add_row(str(key), _bytes(str(key), value) if value != [] else "(none)")
+    return [summary, *tables] if summary.row_count else [summary.__class__(title=title, title_justify="left"),
+                                                          *tables][1:] or [summary]
+
+
 def _print(data: dict[str, Any], as_json: bool, title: str) -> None:
     if as_json:
         print_json(data)
         return
-    table = Table(title=title, title_justify="left", show_header=False)
-    table.add_column("key")
-    table.add_column("value", overflow="fold", max_width=100)
-    for key, value in data.items():
-        table.add_row(str(key), str(value))
-    console.print(table)
+    for table in tables_for(data, title):
+        console.print(table)
 
 
 async def _with_maintenance(action: str, **kwargs: Any) -> dict[str, Any]:
