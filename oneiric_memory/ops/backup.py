@@ -16,7 +16,7 @@ import asyncio
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,14 +180,41 @@ async def _target(target: PgvectorMemoryStore | MemorySettings, *,
         await server.stop()
 
 
+Progress = Callable[[int, int | None], None]
+"""``(done, total)``: tables dumped by ``backup``, archive entries processed by ``restore``."""
+
+_DUMPED = re.compile(r"^pg_dump: dumping contents of table ")
+_RESTORED = re.compile(r"^pg_restore: (creating |processing data for table |executing |restoring )")
+
+
 async def _run(command: list[str], env: dict[str, str], *, secret: str | None, timeout_s: float | None,
-               action: str) -> str:
-    """Run a tool without a shell; return stdout; raise StoreError with its (password-free) stderr."""
+               action: str, step: re.Pattern[str] | None = None, on_step: Callable[[], None] | None = None) -> str:
+    """Run a tool without a shell; return stdout; raise StoreError with its (password-free) stderr.
+
+    With ``step``, stderr is read line by line and ``on_step`` runs for each ``--verbose`` line that matches.
+    """
     process = await asyncio.create_subprocess_exec(*command, env=env, stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+    async def read_stderr() -> bytes:
+        assert process.stderr is not None
+        kept: list[bytes] = []
+        async for raw in process.stderr:
+            line = raw.decode("utf-8", "replace")
+            if step is not None and step.match(line):
+                if on_step is not None:
+                    on_step()
+            elif not line.startswith(("pg_dump: ", "pg_restore: ")) or "error" in line or "warning" in line:
+                kept.append(raw)  # verbose chatter is progress, not diagnostics
+        return b"".join(kept)
+
+    async def read_stdout() -> bytes:
+        assert process.stdout is not None
+        return await process.stdout.read()
+
     try:
         async with asyncio.timeout(timeout_s):
-            stdout, stderr = await process.communicate()
+            stdout, stderr, _ = await asyncio.gather(read_stdout(), read_stderr(), process.wait())
     except BaseException:
         if process.returncode is None:
             process.kill()
@@ -205,9 +232,38 @@ async def _run(command: list[str], env: dict[str, str], *, secret: str | None, t
     return stdout.decode("utf-8", "replace")
 
 
+async def _count_tables(params: ConnectParams, target: PgvectorMemoryStore | MemorySettings, schema: str) -> int:
+    """How many tables ``pg_dump --schema`` will dump (the total of the backup's progress)."""
+    pg = target.settings.postgres if isinstance(target, PgvectorMemoryStore) else target.postgres
+    connection = await connect_once(params, pg)
+    try:
+        return int(await connection.fetchval(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", schema))
+    finally:
+        await connection.close()
+
+
+class _Counter:
+    """Counts steps and reports ``(done, total)`` to a progress callback."""
+
+    def __init__(self, progress: Progress | None, total: int | None) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        if progress is not None:
+            progress(0, total)
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done if self.total is None else min(self.done, self.total), self.total)
+
+
 async def backup(target: PgvectorMemoryStore | MemorySettings, path: str | Path, *, bin_dir: Path | None = None,
-                 timeout_s: float | None = None) -> BackupResult:
-    """Dump the configured schema to ``path`` (custom format) and verify it with ``pg_restore --list``."""
+                 timeout_s: float | None = None, progress: Progress | None = None) -> BackupResult:
+    """Dump the configured schema to ``path`` (custom format) and verify it with ``pg_restore --list``.
+
+    ``progress`` is called with ``(tables dumped, tables in the schema)``.
+    """
     destination = Path(path).expanduser()
     pg_dump = find_pg_binary("pg_dump", bin_dir=bin_dir)
     pg_restore = find_pg_binary("pg_restore", bin_dir=bin_dir)
@@ -220,10 +276,11 @@ async def backup(target: PgvectorMemoryStore | MemorySettings, path: str | Path,
             partial = destination.with_name(destination.name + ".partial")
             env, args = libpq_environment(params)
             secret = env.get("PGPASSWORD")
+            counter = _Counter(progress, await _count_tables(params, target, schema) if progress else None)
             try:
                 await _run([str(pg_dump), "--format=custom", f"--schema={schema}", f"--file={partial}",
-                            "--no-password", *args], env, secret=secret, timeout_s=timeout_s,
-                           action=f"pg_dump of schema {schema!r}")
+                            "--no-password", "--verbose", *args], env, secret=secret, timeout_s=timeout_s,
+                           action=f"pg_dump of schema {schema!r}", step=_DUMPED, on_step=counter)
                 listing = await _run([str(pg_restore), "--list", str(partial)], env, secret=secret,
                                      timeout_s=timeout_s, action="verifying the archive (pg_restore --list)")
                 await asyncio.to_thread(os.replace, partial, destination)
@@ -251,12 +308,13 @@ def archive_schemas(listing: str) -> list[str]:
 
 
 async def restore(target: PgvectorMemoryStore | MemorySettings, path: str | Path, *, bin_dir: Path | None = None,
-                  timeout_s: float | None = None) -> RestoreResult:
+                  timeout_s: float | None = None, progress: Progress | None = None) -> RestoreResult:
     """Restore a dump of the configured schema with ``pg_restore --clean --if-exists --single-transaction``.
 
     The objects in the archive replace their live copies in one transaction: a failure changes nothing.
     The archive must hold the configured ``postgres.db_schema``. pgvector is created first if missing.
     A store's pool is recycled afterwards so no connection keeps plans for the dropped tables.
+    ``progress`` is called with ``(archive entries processed, entries in the archive)``.
     """
     source = Path(path).expanduser()
     if not await asyncio.to_thread(source.is_file):
@@ -284,9 +342,11 @@ async def restore(target: PgvectorMemoryStore | MemorySettings, path: str | Path
                 await connection.close()
             # without --dbname pg_restore would print SQL instead of restoring
             dbname = args or [f"--dbname={params.database or env.get('PGUSER', 'postgres')}"]
+            entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
             await _run([str(pg_restore), "--clean", "--if-exists", "--single-transaction", "--no-owner",
-                        "--exit-on-error", "--no-password", *dbname, str(source)],
-                       env, secret=secret, timeout_s=timeout_s, action=f"pg_restore of {source.name}")
+                        "--exit-on-error", "--no-password", "--verbose", *dbname, str(source)],
+                       env, secret=secret, timeout_s=timeout_s, action=f"pg_restore of {source.name}",
+                       step=_RESTORED, on_step=_Counter(progress, entries))
             connection = await connect_once(params, pg)
             try:  # restored tables have no planner statistics yet
                 for table in await connection.fetch(
