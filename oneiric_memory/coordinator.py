@@ -26,10 +26,10 @@ from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
+    EmbedderUnavailable,
     InvalidInput,
     OneiricMemoryError,
     SchemaMismatch,
-    StoreError,
     StoreUnavailable,
 )
 from oneiric_memory.insights import extract_insights
@@ -40,10 +40,17 @@ from oneiric_memory.protocols import Embedder, InsightSink
 from oneiric_memory.records import (
     MEMORY_TYPES,
     MemoryRecord,
+    RememberResult,
     SearchFilters,
     SearchHit,
     SearchMode,
+    SearchResults,
     StoredMemory,
+    check_embedding,
+    check_limit,
+    check_metadata,
+    check_names,
+    check_query,
 )
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -358,95 +365,172 @@ class UnifiedMemory:
         """Store one memory; returns its id (the existing one for a duplicate)."""
         record = MemoryRecord(content=content, memory_type=memory_type, project=project, source_system=source_system,
                               agent_id=agent_id, workflow_id=workflow_id, repo_id=repo_id, session_id=session_id,
-                              metadata=dict(metadata or {}), expires_at=expires_at)
+                              metadata=check_metadata(metadata), expires_at=expires_at)
         return (await self.remember_many([record]))[0]
 
-    async def remember_many(self, records: Sequence[MemoryRecord | Mapping[str, Any]]) -> list[UUID]:
-        """Store many memories in one transaction, with their insights queued for Session-Buddy."""
+    async def remember_many(self, records: Sequence[MemoryRecord | Mapping[str, Any]]) -> RememberResult:
+        """Store many memories in one transaction, with their insights queued for Session-Buddy.
+
+        Returns the ids in input order; ``.pending`` counts the rows stored without an embedding (the
+        embedder was down or too slow; a backfill embeds them later), ``.new`` / ``.duplicates`` the rest.
+        An ``embedding`` supplied in a record is kept, provided it names its ``embedding_model`` and that model
+        is the store's (or, on an unbound store, the active embedder's).
+        """
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
+            raise InvalidInput(f"records must be a list of MemoryRecord or mappings, got {type(records).__name__}",
+                               field="records")
         built = [_as_record(item, index) for index, item in enumerate(records)]
         async with self._admit():
             store = self._components.store()
             store.validate(built)  # bad input changes nothing, before any embedding work
+            supplied_model = self._check_supplied_embeddings(store, built)
             with span("remember", rows=len(built)) as current:
+                if supplied_model is not None and store.embedding_model is None:
+                    await store.bind_embedding_model(supplied_model)
                 await self._embed_records(store, built)
                 insights = [[found.keyed(record.project) for found in extract_insights(record.content)]
                             for record in built]
                 result = await store.upsert_many(built, insights=insights)
+                pending = sum(1 for r in built if r.embedding is None)
                 current.set_attribute("new", result.new_count)
-                current.set_attribute("pending", sum(1 for r in built if r.embedding is None))
-        return result.ids
+                current.set_attribute("pending", pending)
+        return RememberResult(result.ids, new=result.new_count, duplicates=result.duplicate_count, pending=pending)
+
+    def _check_supplied_embeddings(self, store: PgvectorMemoryStore, records: list[MemoryRecord]) -> str | None:
+        """Caller-supplied vectors are kept only when they are from the store's model; returns that model."""
+        embedder = self._components.embedder()
+        expected = store.embedding_model or (embedder.model_id if embedder is not None else None)
+        model: str | None = None
+        for index, record in enumerate(records):
+            if record.embedding is None:
+                if record.embedding_model is not None:
+                    raise InvalidInput(f"record {index}: embedding_model is given without an embedding",
+                                       field="embedding_model", index=index)
+                continue
+            check_embedding(record.embedding, dimension=store.dimension, index=index, vector_type=store.vector_type)
+            if not record.embedding_model:
+                raise InvalidInput(
+                    f"record {index}: a supplied embedding needs its embedding_model (the store holds "
+                    f"{expected or 'no model yet'}), so vectors of different models never mix",
+                    field="embedding_model", index=index)
+            if (expected or model) is not None and record.embedding_model != (expected or model):
+                raise InvalidInput(
+                    f"record {index}: the embedding is from {record.embedding_model!r} but this store uses "
+                    f"{expected or model!r}; embed with that model, or leave embedding unset to embed it here",
+                    field="embedding_model", index=index)
+            model = record.embedding_model
+        return model
 
     async def _embed_records(self, store: PgvectorMemoryStore, records: list[MemoryRecord]) -> None:
-        """Embed with a bounded wait; on failure the records stay pending (stored, embedded later)."""
+        """Embed the records that have no vector, chunk by chunk, each chunk within ``embed_timeout_s``.
+
+        A chunk is one round of ``embedder.max_concurrency`` requests of ``embedder.batch_size`` texts, so the
+        deadline scales with the batch and a large write is never cut short by one fixed bound. When a chunk
+        fails or times out, it and the chunks after it stay pending (stored, embedded later by the backfill).
+        """
+        todo = [record for record in records if record.embedding is None]
         embedder = self._components.embedder()
-        if embedder is None or time.monotonic() < self._embedder_down_until:
+        if not todo or embedder is None or time.monotonic() < self._embedder_down_until:
             return
-        try:
-            async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
-                if store.embedding_model != embedder.model_id:  # first use, or a swapped model: meta check
+        timeout = self.settings.coordinator.embed_timeout_s
+        if store.embedding_model != embedder.model_id:  # first use, or a swapped model: meta check
+            try:  # SchemaMismatch (another model) propagates: the caller must know
+                async with asyncio.timeout(timeout):
                     await store.bind_embedding_model(embedder.model_id)
-                vectors = await embedder.embed_documents([record.content for record in records])
-        except (EmbedderError, TimeoutError) as exc:
-            # Skip the embedder briefly so a burst of writes does not each wait for the timeout.
-            self._embedder_down_until = time.monotonic() + min(5.0, self.settings.coordinator.embed_timeout_s)
-            self._log.warning("embedder-down-storing-pending", error=type(exc).__name__, rows=len(records))
-            return
-        except StoreError:
-            raise  # the store refused the model (SchemaMismatch) or is down: the caller must know
-        except Exception as exc:  # a misbehaving embedder must never cost a write: store it pending
-            self._log.error("embedder-failed-storing-pending", error=type(exc).__name__, rows=len(records))
-            return
-        if len(vectors) != len(records) or any(len(vector) != store.dimension for vector in vectors):
-            self._log.error("embedder-answer-unusable-storing-pending", rows=len(records), vectors=len(vectors))
-            return  # a wrong count or dimension would fail the whole write: keep the rows pending instead
-        for record, vector in zip(records, vectors, strict=True):
-            record.embedding = vector
-            record.embedding_model = embedder.model_id
+            except TimeoutError:
+                raise StoreUnavailable(f"recording the embedding model took longer than {timeout:g}s; retry later") from None
+        size = self.settings.embedder.batch_size * self.settings.embedder.max_concurrency
+        for start in range(0, len(todo), size):
+            chunk = todo[start:start + size]
+            try:
+                async with asyncio.timeout(timeout):
+                    vectors = await embedder.embed_documents([record.content for record in chunk])
+            except (EmbedderError, TimeoutError) as exc:
+                # Skip the embedder briefly so a burst of writes does not each wait for the timeout.
+                self._embedder_down_until = time.monotonic() + min(5.0, timeout)
+                self._log.warning("embedder-down-storing-pending", error=type(exc).__name__,
+                                  rows=len(todo) - start, embedded=start)
+                return
+            except Exception as exc:  # a misbehaving embedder must never cost a write: store it pending
+                self._log.error("embedder-failed-storing-pending", error=type(exc).__name__, rows=len(todo) - start)
+                return
+            if len(vectors) != len(chunk) or any(len(vector) != store.dimension for vector in vectors):
+                self._log.error("embedder-answer-unusable-storing-pending", rows=len(chunk), vectors=len(vectors))
+                return  # a wrong count or dimension would fail the whole write: keep the rows pending instead
+            for record, vector in zip(chunk, vectors, strict=True):
+                record.embedding = vector
+                record.embedding_model = embedder.model_id
 
     async def store_agent_conversation(self, agent_id: str, role: str, content: str,
                                        metadata: Mapping[str, Any] | None = None, *, project: str = "default",
                                        session_id: str | None = None) -> UUID:
+        _check_label("agent_id", agent_id)
+        _check_label("role", role)
         return await self.remember(content, "agent", project=project, agent_id=agent_id, session_id=session_id,
-                                   source_system="mahavishnu", metadata={**(metadata or {}), "role": role})
+                                   source_system="mahavishnu", metadata={**check_metadata(metadata), "role": role})
 
     async def store_rag_chunks(self, repo_id: str, chunks: Sequence[str | Mapping[str, Any]], *,
-                               project: str = "default") -> list[UUID]:
+                               project: str = "default") -> RememberResult:
+        """Chunks are strings or ``{"content": str, "metadata": dict}`` mappings; a bare string is refused
+        (it would be split into one-character chunks)."""
+        _check_label("repo_id", repo_id)
+        if isinstance(chunks, (str, bytes, Mapping)) or not isinstance(chunks, Sequence):
+            raise InvalidInput(f"chunks must be a list of strings or mappings, not a {type(chunks).__name__}",
+                               field="chunks")
         records: list[MemoryRecord] = []
         for position, chunk in enumerate(chunks):
             if isinstance(chunk, str):
                 records.append(MemoryRecord(content=chunk, memory_type="rag", project=project, repo_id=repo_id,
                                             source_system="mahavishnu", metadata={"chunk": position}))
-            else:
-                meta = dict(chunk.get("metadata") or {})
-                meta.setdefault("chunk", position)
-                records.append(MemoryRecord(content=str(chunk.get("content", "")), memory_type="rag",
-                                            project=project, repo_id=repo_id, source_system="mahavishnu",
-                                            metadata=meta))
+                continue
+            if not isinstance(chunk, Mapping):
+                raise InvalidInput(f"chunk {position} must be a string or a mapping, not a {type(chunk).__name__}",
+                                   field="chunks", index=position)
+            unknown = set(chunk) - {"content", "metadata"}
+            if unknown:
+                raise InvalidInput(f"chunk {position} has unknown fields {sorted(map(str, unknown))}; use content "
+                                   "and metadata", field="chunks", index=position)
+            if not isinstance(chunk.get("content"), str):
+                raise InvalidInput(f"chunk {position}: content must be a string, got "
+                                   f"{type(chunk.get('content')).__name__}", field="content", index=position)
+            meta = check_metadata(chunk.get("metadata"), field=f"chunk {position} metadata")
+            meta.setdefault("chunk", position)
+            records.append(MemoryRecord(content=chunk["content"], memory_type="rag", project=project,
+                                        repo_id=repo_id, source_system="mahavishnu", metadata=meta))
         return await self.remember_many(records)
 
     async def store_workflow_execution(self, workflow_id: str, summary: str, status: str,
                                        metadata: Mapping[str, Any] | None = None, *,
                                        project: str = "default") -> UUID:
+        _check_label("workflow_id", workflow_id)
+        _check_label("status", status)
         return await self.remember(summary, "workflow", project=project, workflow_id=workflow_id,
-                                   source_system="mahavishnu", metadata={**(metadata or {}), "status": status})
+                                   source_system="mahavishnu", metadata={**check_metadata(metadata), "status": status})
 
     async def forget(self, ids: Sequence[UUID | str] | None = None, *, filters: SearchFilters | None = None) -> int:
+        if filters is not None and not isinstance(filters, SearchFilters):
+            raise InvalidInput(f"filters must be a SearchFilters, not a {type(filters).__name__}", field="filters")
+        if ids is not None:
+            _check_ids(ids)
         async with self._admit():
             return await self._components.store().delete(ids, filters=filters)
 
     async def get(self, ids: Sequence[UUID | str]) -> list[StoredMemory]:
         """The stored memories with these ids, in input order; unknown ids are left out."""
+        _check_ids(ids)
         async with self._admit():
             return await self._components.store().get(ids)
 
     async def project_counts(self, projects: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
         """Live memories per project and type (``{project: {memory_type: n}}``), limited to ``projects``."""
-        if isinstance(projects, str):
-            raise InvalidInput("projects must be a list of strings, not a string", field="projects")
+        names = check_names("projects", projects)
         async with self._admit():
-            return await self._components.store().count_by_project(projects)
+            return await self._components.store().count_by_project(names)
 
     async def backfill(self, *, progress: Callable[[int, int], None] | None = None) -> BackfillReport:
+        if progress is not None and not callable(progress):
+            raise InvalidInput(f"progress must be a callable (done, total), not a {type(progress).__name__}",
+                               field="progress")
         embedder = self._components.embedder()
         if embedder is None:
             return BackfillReport(stopped_reason="no embedder is active")
@@ -458,45 +542,80 @@ class UnifiedMemory:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    async def _query_vector(self, store: PgvectorMemoryStore, query: str) -> list[float] | None:
+    async def _query_vector(self, store: PgvectorMemoryStore, query: str) -> tuple[list[float] | None, str]:
+        """The query's vector, or ``None`` and the reason it cannot be had now."""
         embedder = self._components.embedder()
-        if embedder is None or time.monotonic() < self._embedder_down_until:
-            return None
+        if embedder is None:
+            return None, "no embedder is active"
+        wait = self._embedder_down_until - time.monotonic()
+        if wait > 0:
+            return None, f"the embedder failed or timed out recently and is skipped for {wait:.1f}s more"
         if store.embedding_model is not None and store.embedding_model != embedder.model_id:
             raise SchemaMismatch(
                 f"this database holds vectors from {store.embedding_model!r} but the active embedder is "
                 f"{embedder.model_id!r}: its query vectors would be meaningless here. Switch back to "
                 f"{store.embedding_model!r}, or run `oneiric-memory db reembed`",
                 stored_model=store.embedding_model, configured_model=embedder.model_id)
+        timeout = self.settings.coordinator.embed_timeout_s
         try:
-            async with asyncio.timeout(self.settings.coordinator.embed_timeout_s):
-                return await embedder.embed_query(query)
-        except (EmbedderError, TimeoutError):
-            self._embedder_down_until = time.monotonic() + min(5.0, self.settings.coordinator.embed_timeout_s)
-            return None
+            async with asyncio.timeout(timeout):
+                return await embedder.embed_query(query), ""
+        except (EmbedderError, TimeoutError) as exc:
+            self._embedder_down_until = time.monotonic() + min(5.0, timeout)
+            what = f"did not answer within {timeout:g}s" if isinstance(exc, TimeoutError) else \
+                f"failed ({type(exc).__name__})"
+            return None, f"the embedder {what}"
+
+    def _check_search(self, query: object, mode: object, limit: object, memory_types: object, projects: object,
+                      filters: object) -> tuple[str, str, int, SearchFilters | None]:
+        """The same rules for every mode and for search and unified_search: bad input is the caller's to fix."""
+        query = check_query(query)
+        requested = self.settings.search.default_mode if mode is None else mode
+        if requested not in ("vector", "text", "hybrid"):
+            raise InvalidInput(f"mode {requested!r} is unknown; use vector, text or hybrid", field="mode")
+        limit = check_limit(self.settings.search.default_limit if limit is None else limit,
+                            self.settings.search.max_limit)
+        if filters is not None and not isinstance(filters, SearchFilters):
+            raise InvalidInput(f"filters must be a SearchFilters, not a {type(filters).__name__}", field="filters")
+        effective = _merge_filters(filters, check_names("memory_types", memory_types), check_names("projects", projects))
+        if effective is not None:
+            effective.validate()
+        return query, str(requested), limit, effective
 
     async def search(self, query: str, *, mode: SearchMode | None = None, memory_types: Sequence[str] | None = None,
                      filters: SearchFilters | None = None, limit: int | None = None,
-                     projects: Sequence[str] | None = None) -> list[SearchHit]:
-        """Search PostgreSQL. Without a working embedder, vector/hybrid fall back to text search."""
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInput("query must be a non-empty string")
-        effective = _merge_filters(filters, memory_types, projects)
-        mode = mode or self.settings.search.default_mode
-        if mode not in ("vector", "text", "hybrid"):  # checked here: the text fallback below must not hide it
-            raise InvalidInput(f"mode {mode!r} is unknown; use vector, text or hybrid", field="mode")
+                     projects: Sequence[str] | None = None) -> SearchResults:
+        """Search PostgreSQL; the result is the list of hits, and says which ``mode`` ran.
+
+        A mode asked for explicitly runs, or raises :class:`EmbedderUnavailable` when the embedder cannot embed
+        the query (it is never silently swapped for another mode). Without ``mode``, the default mode falls back
+        to text search while the embedder is down, and the result says so (``mode``, ``note``).
+        """
+        query, requested, limit, effective = self._check_search(query, mode, limit, memory_types, projects, filters)
         async with self._admit():
             store = self._components.store()
-            vector = await self._query_vector(store, query) if mode in ("vector", "hybrid") else None
-            if mode != "text" and vector is None:
-                mode = "text"  # the embedder is down: text search still answers (pending rows included)
-            hits = await store.search(query_text=query, query_embedding=vector, mode=mode, filters=effective,
-                                      limit=limit)
-        return hits
+            ran, note = requested, None
+            vector = None
+            if requested in ("vector", "hybrid"):
+                vector, reason = await self._query_vector(store, query)
+                if vector is None:
+                    if mode is not None:
+                        raise EmbedderUnavailable(
+                            f"{requested} search needs a query embedding, but {reason}; retry later, or search "
+                            "with mode='text'", mode=requested, reason=reason)
+                    ran, note = "text", f"answered in text mode: {reason}"
+            hits = await store.search(query_text=query, query_embedding=vector, mode=ran,  # type: ignore[arg-type]
+                                      filters=effective, limit=limit)
+        return SearchResults(hits, mode=ran, requested_mode=requested, note=note)
 
     async def unified_search(self, query: str, *, limit: int = 10, projects: Sequence[str] | None = None,
                              mode: SearchMode | None = None) -> UnifiedSearchResult:
-        """PostgreSQL and Session-Buddy concurrently, each with its own timeout, fused by rank (RRF)."""
+        """PostgreSQL and Session-Buddy concurrently, each with its own timeout, fused by rank (RRF).
+
+        Bad input raises :class:`InvalidInput` before either source is asked: "degraded" is for a failing
+        source, never for the caller's mistake.
+        """
+        query, _, limit, _ = self._check_search(query, mode, limit, None, projects, None)
         timeout = self.settings.search.unified_timeout_s
         sources: dict[str, SourceStatus] = {}
 
@@ -508,6 +627,8 @@ class UnifiedMemory:
             except TimeoutError:
                 sources[name] = SourceStatus("timeout", latency_ms=watch.ms, error=f"no answer within {timeout}s")
                 return []
+            except InvalidInput:
+                raise  # the caller's mistake is never a degraded source
             except Exception as exc:
                 sources[name] = SourceStatus("error", latency_ms=watch.ms, error=f"{type(exc).__name__}: {exc}"[:300])
                 return []
@@ -679,10 +800,11 @@ def _as_record(item: MemoryRecord | Mapping[str, Any], index: int) -> MemoryReco
         return item
     if not isinstance(item, Mapping):
         raise InvalidInput(f"record {index} must be a MemoryRecord or a mapping", index=index)
-    allowed = set(MemoryRecord.__dataclass_fields__) - {"embedding", "embedding_model"}
-    unknown = set(item) - allowed
+    unknown = set(item) - set(MemoryRecord.__dataclass_fields__)
     if unknown:
-        raise InvalidInput(f"record {index} has unknown fields {sorted(unknown)}", index=index)
+        raise InvalidInput(f"record {index} has unknown fields {sorted(map(str, unknown))}", index=index)
+    if "metadata" in item:
+        item = {**item, "metadata": check_metadata(item["metadata"], field=f"record {index}: metadata")}
     try:
         return MemoryRecord(**dict(item))
     except TypeError as exc:
@@ -727,3 +849,15 @@ async def unified_memory_factory() -> UnifiedMemory:
     memory = UnifiedMemory(load_settings())
     await memory.init()
     return memory
+
+
+def _check_ids(ids: object) -> None:
+    """Memory ids come as a list; a bare string or number is refused (a string would be split)."""
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Sequence):
+        raise InvalidInput(f"ids must be a list of memory ids, not a {type(ids).__name__}", field="ids")
+
+
+def _check_label(name: str, value: object) -> None:
+    """Required short labels of the convenience writers (ids, role, status): a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string, got {type(value).__name__}", field=name)

@@ -16,14 +16,22 @@ from uuid import UUID
 from oneiric_memory.errors import InvalidInput
 
 __all__ = [
+    "MAX_QUERY_CHARS",
     "MEMORY_TYPES",
     "MemoryRecord",
     "MemoryType",
+    "RememberResult",
     "SearchFilters",
     "SearchHit",
     "SearchMode",
+    "SearchResults",
     "StoredMemory",
     "UpsertResult",
+    "check_embedding",
+    "check_limit",
+    "check_metadata",
+    "check_names",
+    "check_query",
     "content_hash",
     "normalize_content",
 ]
@@ -35,6 +43,11 @@ SearchMode = Literal["vector", "text", "hybrid"]
 _MAX_ID_CHARS = 512
 _MAX_METADATA_BYTES = 256_000
 _MAX_METADATA_DEPTH = 64
+MAX_QUERY_CHARS = 10_000
+"""The longest search query, in characters, in every mode (a query is embedded or parsed, never stored)."""
+_HALFVEC_MAX = 65504.0  # the largest finite IEEE half-precision value
+_HALFVEC_TINY = 2.0 ** -24  # the smallest positive half (subnormal); anything smaller rounds to zero
+_VECTOR_MAX = 3.4028234663852886e38  # the largest finite float32
 
 
 def normalize_content(text: str) -> str:
@@ -130,9 +143,13 @@ class MemoryRecord:
     def content_hash(self) -> str:
         return content_hash(self.content)
 
-    def validate(self, *, dimension: int, max_content_bytes: int, index: int | None = None) -> None:
+    def validate(self, *, dimension: int, max_content_bytes: int, index: int | None = None,
+                 vector_type: str = "vector") -> None:
         """Raise :class:`InvalidInput` naming the record and field when anything is wrong."""
         where = f"record {index}: " if index is not None else ""
+        if not isinstance(self.content, str):
+            raise InvalidInput(f"{where}content must be a string, got {type(self.content).__name__}",
+                               field="content", index=index)
         _check_text("content", self.content, limit=max_content_bytes, index=index)
         if not isinstance(self.content, str) or not normalize_content(self.content):
             raise InvalidInput(f"{where}content is empty", field="content", index=index)
@@ -164,16 +181,21 @@ class MemoryRecord:
             if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
                 raise InvalidInput(f"{where}{name} must be a timezone-aware datetime", field=name, index=index)
         if self.embedding is not None:
-            check_embedding(self.embedding, dimension=dimension, index=index)
+            check_embedding(self.embedding, dimension=dimension, index=index, vector_type=vector_type)
 
 
-def check_embedding(embedding: Sequence[float], *, dimension: int, index: int | None = None) -> None:
-    """A vector must have the store's dimension and finite values."""
+def check_embedding(embedding: Sequence[float], *, dimension: int, index: int | None = None,
+                    vector_type: str = "vector") -> None:
+    """A vector must have the store's dimension, finite values inside the column type's range, and a direction.
+
+    ``halfvec`` holds values up to 65,504; values under 2^-24 round to zero, so a vector of only tiny values
+    would be stored as the zero vector, which has no cosine distance to anything. Messages never echo the values.
+    """
     where = f"record {index}: " if index is not None else ""
-    try:
-        size = len(embedding)
-    except TypeError:
-        raise InvalidInput(f"{where}embedding must be a sequence of floats", field="embedding", index=index) from None
+    if isinstance(embedding, (str, bytes)) or not isinstance(embedding, Sequence):
+        raise InvalidInput(f"{where}embedding must be a sequence of floats, got {type(embedding).__name__}",
+                           field="embedding", index=index)
+    size = len(embedding)
     if size != dimension:
         raise InvalidInput(
             f"{where}embedding has {size} dimensions, the store expects {dimension}; embed with the configured "
@@ -182,12 +204,74 @@ def check_embedding(embedding: Sequence[float], *, dimension: int, index: int | 
         )
     # Fast path (C-level passes, ~20 µs for 768 values): plain floats/ints. An ABC isinstance per value
     # costs ~5 µs, i.e. ~4 ms per 768-d record, which capped bulk loads at a few hundred rows/s.
-    if set(map(type, embedding)) <= {float, int} and all(map(math.isfinite, embedding)):
-        return
-    for value in embedding:  # numbers.Real admits numpy scalars (float32 is not a float subclass)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise InvalidInput(f"{where}embedding holds a non-finite or non-numeric value", field="embedding",
-                               index=index)
+    if not (set(map(type, embedding)) <= {float, int} and all(map(math.isfinite, embedding))):
+        for value in embedding:  # numbers.Real admits numpy scalars (float32 is not a float subclass)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InvalidInput(f"{where}embedding holds a non-finite or non-numeric value", field="embedding",
+                                   index=index)
+    halfvec = vector_type == "halfvec"
+    largest = max(map(abs, embedding), default=0.0)
+    limit = _HALFVEC_MAX if halfvec else _VECTOR_MAX
+    if largest > limit:
+        raise InvalidInput(f"{where}embedding holds a value beyond ±{limit:g}, the range of {vector_type}; "
+                           "normalize the vector", field="embedding", index=index)
+    if largest < (_HALFVEC_TINY if halfvec else 1e-37):
+        raise InvalidInput(f"{where}embedding is (or rounds to) the zero vector in {vector_type}, which has no "
+                           "direction to compare; normalize the vector", field="embedding", index=index)
+
+
+def check_query(query: object) -> str:
+    """One rule for every search mode: a non-blank string of at most :data:`MAX_QUERY_CHARS`, no NUL, valid UTF-8."""
+    if not isinstance(query, str):
+        raise InvalidInput(f"query must be a string, got {type(query).__name__}", field="query")
+    if not query.strip():
+        raise InvalidInput("query must be a non-empty string", field="query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"query is longer than {MAX_QUERY_CHARS:,} characters", field="query",
+                           limit=MAX_QUERY_CHARS)
+    if "\x00" in query:
+        raise InvalidInput("query contains a NUL byte; remove it", field="query")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("query holds a lone surrogate and is not valid UTF-8", field="query") from None
+    return query
+
+
+def check_limit(limit: object, maximum: int, *, name: str = "limit") -> int:
+    """An ``int`` (not a bool, not a numeric string) between 1 and ``maximum``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise InvalidInput(f"{name} must be an integer between 1 and {maximum} (search.max_limit), got "
+                           f"{repr(limit)[:32]}", field=name)
+    return limit
+
+
+def check_names(name: str, values: object) -> list[str] | None:
+    """A list of non-empty strings (``None`` = no restriction). A bare string is refused, never split into
+    characters, and an empty list is refused: it names nothing, and must not silently mean "everything"."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, set, frozenset)):
+        raise InvalidInput(f"{name} must be a list of strings, not a {type(values).__name__}: wrap a single "
+                           f"value as [{name[:-1] if name.endswith('s') else name!s}]", field=name)
+    items = list(values)
+    if not items:
+        raise InvalidInput(f"{name}=[] names nothing; pass None to search every {name[:-1]}, or name at least one",
+                           field=name)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise InvalidInput(f"{name} must hold non-empty strings, got {repr(item)[:64]}", field=name)
+        _check_text(name, item, limit=_MAX_ID_CHARS, index=None)
+    return items
+
+
+def check_metadata(metadata: object, *, field: str = "metadata") -> dict[str, Any]:
+    """``None`` → ``{}``; a mapping → a dict copy; anything else (a list, a string) is refused."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"{field} must be a JSON object (dict), got {type(metadata).__name__}", field=field)
+    return dict(metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +311,8 @@ class SearchFilters:
                         self.repo_id, self.session_id, self.created_after, self.created_before, self.metadata))
 
     def validate(self) -> None:
+        for name, values in (("projects", self.projects), ("memory_types", self.memory_types)):
+            check_names(name, values)
         if self.memory_types:
             unknown = [t for t in self.memory_types if t not in MEMORY_TYPES]
             if unknown:
@@ -234,12 +320,8 @@ class SearchFilters:
                                    field="memory_types")
         for name in ("source_system", "agent_id", "workflow_id", "repo_id", "session_id"):
             _check_text(name, getattr(self, name), limit=_MAX_ID_CHARS, index=None)
-        for name, values in (("projects", self.projects), ("memory_types", self.memory_types)):
-            if values is not None:
-                if isinstance(values, str):
-                    raise InvalidInput(f"{name} must be a list of strings, not a string", field=name)
-                for value in values:
-                    _check_text(name, value, limit=_MAX_ID_CHARS, index=None)
+        if not isinstance(self.include_expired, bool):
+            raise InvalidInput("include_expired must be a bool", field="include_expired")
         if self.metadata is not None:
             if not isinstance(self.metadata, Mapping):
                 raise InvalidInput("metadata filter must be a JSON object", field="metadata")
@@ -293,3 +375,43 @@ class SearchHit:
     source_system: str | None = None
     created_at: datetime | None = None
     source: str = "postgres"
+
+
+class RememberResult(list[UUID]):
+    """The ids of a ``remember_many``, in input order (a plain list of ids to existing callers), plus what
+    happened to the batch: ``new`` rows, ``duplicates`` of rows already stored, and ``pending`` rows stored
+    without an embedding because the embedder was down or too slow (a backfill embeds them later)."""
+
+    new: int
+    duplicates: int
+    pending: int
+
+    def __init__(self, ids: Sequence[UUID] = (), *, new: int = 0, duplicates: int = 0, pending: int = 0) -> None:
+        super().__init__(ids)
+        self.new = new
+        self.duplicates = duplicates
+        self.pending = pending
+
+
+class SearchResults(list[SearchHit]):
+    """The hits of a ``search`` (a plain list to existing callers), plus the ``mode`` that actually ran.
+
+    When no mode was asked for and the embedder cannot embed the query, the default mode falls back to text:
+    ``mode`` is then ``"text"``, ``requested_mode`` the default that could not run and ``note`` says why. A mode
+    asked for explicitly is never swapped for another (``search`` raises ``EmbedderUnavailable`` instead).
+    """
+
+    mode: str
+    requested_mode: str
+    note: str | None
+
+    def __init__(self, hits: Sequence[SearchHit] = (), *, mode: str = "text", requested_mode: str | None = None,
+                 note: str | None = None) -> None:
+        super().__init__(hits)
+        self.mode = mode
+        self.requested_mode = requested_mode or mode
+        self.note = note
+
+    @property
+    def fell_back(self) -> bool:
+        return self.mode != self.requested_mode

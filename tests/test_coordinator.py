@@ -23,7 +23,7 @@ from mcp_common.health import HealthCheckResponse, HealthStatus
 from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
-from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreUnavailable
+from oneiric_memory.errors import EmbedderUnavailable, InvalidInput, SchemaMismatch, StoreUnavailable
 from oneiric_memory.insights import insight_id
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from oneiric_memory.testing.fake_ollama import FakeOllama
@@ -199,8 +199,11 @@ async def test_ollama_stops_mid_run_then_backfill_completes(
         stored = await memory.store.get([online, *written])
         assert [item.embedding_pending for item in stored] == [False, True, True, True]  # never lost
 
-        hits = await memory.search("Ollama down writes", mode="hybrid", limit=10)  # falls back to text
+        hits = await memory.search("Ollama down writes", limit=10)  # the default mode falls back to text ...
         assert written[1] in {hit.id for hit in hits}
+        assert hits.mode == "text" and hits.requested_mode == "hybrid" and hits.fell_back and hits.note
+        with pytest.raises(EmbedderUnavailable, match="hybrid search needs a query embedding"):
+            await memory.search("Ollama down writes", mode="hybrid", limit=10)  # ... an explicit mode never
         response = await memory.health()
         health = {c.name: c for c in response.components}
         assert health["pipeline"].status == HealthStatus.DEGRADED

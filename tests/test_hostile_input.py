@@ -1,22 +1,271 @@
-"""Hostile input in every text field, in metadata keys and values, and in search filters.
+"""Hostile input through every public entry point and every field, and in every stored text field.
 
-Every value is either stored verbatim (read back equal through ``get`` and found by text search) or rejected
-with ``InvalidInput``; the schema's tables are intact afterwards.
+The table (``API_CASES``): each row attacks one field of one ``UnifiedMemory`` entry point with one value; the
+call must raise ``InvalidInput`` with a message that names the problem, and change nothing (memories, outbox,
+access statistics and the bound model are compared before and after). The CLI's rows live in
+``test_hostile_input_cli.py`` with the same row type.
+
+The store-level tests below: every value is either stored verbatim (read back equal through ``get`` and found
+by text search) or rejected with ``InvalidInput``; the schema's tables are intact afterwards.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.records import MemoryRecord, SearchFilters
+from tests.conftest import make_settings
+from tests.coordinator_fixtures import conversation, drop_schema, outbox_rows
 from tests.foundation_fixtures import unit_vector
+from tests.hostile_table import HostileCase, case_id
 
 pytestmark = pytest.mark.asyncio
+
+# --- the table: every public entry point of UnifiedMemory, every field ------------------------------------
+
+NOW = datetime.now(UTC)
+DIM = 768
+_NUL, _SURROGATE, _TOO_LONG_ID = "a\x00b", "half \ud83d pair", "i" * 513
+_BAD_TEXT = ((_NUL, "NUL"), (_SURROGATE, "surrogate"), (123, "must be a string"))
+_BAD_ID = (*_BAD_TEXT, (_TOO_LONG_ID, "longer than 512 bytes"))
+_BAD_METADATA = (([1, 2], "metadata must be a JSON object"), ("x", "metadata must be a JSON object"),
+                 ({1: "a"}, "non-string key"), ({"k": float("nan")}, "not valid JSON"),
+                 ({"k": object()}, "not JSON"), ({"k": "a\x00"}, "NUL"), ({"\ud800": 1}, "surrogate"),
+                 ({"blob": "b" * 300_000}, "larger than"))
+_BAD_LIMIT = ((0, "limit must be an integer between 1 and"), (-1, "between 1 and"), (10**9, "between 1 and"),
+              ("5", "between 1 and"), (5.0, "between 1 and"), (True, "between 1 and"))
+_BAD_QUERY = (("", "non-empty"), ("   ", "non-empty"), ("a\x00b", "NUL"), ("\ud800 x", "surrogate"),
+              ("x" * 10_000_001, "longer than 10,000 characters"), ("x" * 10_001, "longer than 10,000"),
+              (None, "query must be a string"), (123, "query must be a string"), (b"bytes", "must be a string"))
+_BAD_PROJECTS = (("default", "projects must be a list of strings"), ([], r"projects=\[\] names nothing"),
+                 ([""], "non-empty strings"), ([1], "non-empty strings"), (["a\x00"], "NUL"),
+                 ({"p": 1}, "list of strings"), (5, "list of strings"))
+_BAD_TYPES = (("agent", "memory_types must be a list of strings"), ([], r"memory_types=\[\] names nothing"),
+              (["nope"], "unknown memory"), ([None], "non-empty strings"))
+_BAD_MODE = (("bogus", "mode 'bogus' is unknown"), (1, "is unknown"), ("", "is unknown"))
+_BAD_EMBEDDING = (("abc", "embedding must be a sequence"), ([0.1] * 3, "has 3 dimensions"),
+                  ([1e10] * DIM, "beyond ±65504"), ([70000.0] + [0.0] * (DIM - 1), "beyond ±65504"),
+                  ([1e-8] * DIM, "zero vector"), ([0.0] * DIM, "zero vector"),
+                  ([float("nan")] * DIM, "non-finite"), (["x"] * DIM, "non-numeric"), (5, "must be a sequence"))
+_BAD_WHEN = ((datetime(2030, 1, 1), "timezone-aware"), ("2030-01-01", "timezone-aware"), (1, "timezone-aware"))
+
+
+def _rows(entry: str, field: str, values: tuple[tuple[object, str], ...]) -> list[HostileCase]:
+    return [HostileCase(entry, field, value, match) for value, match in values]
+
+
+def _record_rows(entry: str) -> list[HostileCase]:
+    """Every field of a record, through ``remember_many`` (``entry`` says as a mapping or a MemoryRecord)."""
+    rows = [*_rows(entry, "content", ((None, "must be a string"), ("", "content is empty"), ("  \n ", "empty"),
+                                      (_NUL, "NUL"), (_SURROGATE, "surrogate"), (42, "must be a string"),
+                                      ("x" * 1_000_001, "longer than 1000000 bytes"))),
+            *_rows(entry, "memory_type", (("agnet", "memory_type 'agnet' is unknown"), (None, "unknown"),
+                                          ("", "unknown"))),
+            *_rows(entry, "project", (("", "project must be a non-empty string"), (None, "non-empty string"),
+                                      (123, "non-empty string"), *_BAD_ID[:2], _BAD_ID[3])),
+            *_rows(entry, "metadata", _BAD_METADATA),
+            *_rows(entry, "embedding", _BAD_EMBEDDING),
+            *_rows(entry, "embedding_model", ((_NUL, "NUL"), ("other-model", "without an embedding"))),
+            *_rows(entry, "expires_at", _BAD_WHEN), *_rows(entry, "created_at", _BAD_WHEN),
+            *_rows(entry, "id", (("not-a-uuid", "id must be a UUID"), (5, "id must be a UUID")))]
+    for name in ("source_system", "agent_id", "workflow_id", "repo_id", "session_id"):
+        rows += _rows(entry, name, _BAD_ID)
+    return rows
+
+
+API_CASES: list[HostileCase] = [
+    # remember(content, memory_type, *, project, source_system, agent_id, workflow_id, repo_id, session_id,
+    #          metadata, expires_at)
+    *_rows("remember", "content", ((None, "must be a string"), ("", "empty"), (_NUL, "NUL"),
+                                   (_SURROGATE, "surrogate"), (["a", "b"], "must be a string"))),
+    *_rows("remember", "memory_type", (("agnet", "unknown"), (None, "unknown"))),
+    *_rows("remember", "project", (("", "non-empty"), (123, "non-empty string"), *_BAD_ID[:2], _BAD_ID[3])),
+    *[case for name in ("source_system", "agent_id", "workflow_id", "repo_id", "session_id")
+      for case in _rows("remember", name, _BAD_ID)],
+    *_rows("remember", "metadata", _BAD_METADATA),
+    *_rows("remember", "expires_at", _BAD_WHEN),
+    # remember_many(records): the argument itself, then every field of a record (mapping and MemoryRecord)
+    *_rows("remember_many", "records", ((None, "records must be a list"), ("abc", "records must be a list"),
+                                        ({"content": "x"}, "records must be a list"), (5, "records must be a list"),
+                                        ([1], "must be a MemoryRecord or a mapping"),
+                                        ([None], "must be a MemoryRecord or a mapping"),
+                                        ([{"content": "x", "colour": "red"}], "unknown fields"),
+                                        ([{"content": "x", "metadata": [1, 2]}], "metadata must be a JSON object"),
+                                        ([{"memory_type": "agent"}], "content"))),
+    *_record_rows("remember_many[mapping]"),
+    *_record_rows("remember_many[MemoryRecord]"),
+    HostileCase("remember_many[MemoryRecord]", "embedding+model", ([0.1] * DIM, None), "needs its embedding_model"),
+    HostileCase("remember_many[MemoryRecord]", "embedding+model", ([0.1] * DIM, "other-model"),
+                "differs from the store's"),
+    # search(query, *, mode, memory_types, filters, limit, projects)
+    *_rows("search", "query", _BAD_QUERY),
+    *_rows("search", "mode", _BAD_MODE),
+    *_rows("search", "limit", _BAD_LIMIT),
+    *_rows("search", "projects", _BAD_PROJECTS),
+    *_rows("search", "memory_types", _BAD_TYPES),
+    *_rows("search", "filters", (("x", "filters must be a SearchFilters"),
+                                 ({"projects": ["a"]}, "filters must be a SearchFilters"))),
+    # every field of SearchFilters, through search(filters=...)
+    *_rows("search[filters]", "projects", _BAD_PROJECTS),
+    *_rows("search[filters]", "memory_types", _BAD_TYPES),
+    *[case for name in ("source_system", "agent_id", "workflow_id", "repo_id", "session_id")
+      for case in _rows("search[filters]", name, _BAD_ID)],
+    *_rows("search[filters]", "created_after", _BAD_WHEN), *_rows("search[filters]", "created_before", _BAD_WHEN),
+    *_rows("search[filters]", "metadata", ((["k"], "metadata filter must be a JSON object"),
+                                           ({"k": float("nan")}, "not valid JSON"), ({"k": "\ud800"}, "surrogate"),
+                                           ({"k": "a\x00"}, "NUL"))),
+    *_rows("search[filters]", "include_expired", (("yes", "include_expired must be a bool"),)),
+    # unified_search(query, *, limit, projects, mode): the caller's mistake is never a "degraded" answer
+    *_rows("unified_search", "query", _BAD_QUERY),
+    *_rows("unified_search", "limit", _BAD_LIMIT),
+    *_rows("unified_search", "projects", _BAD_PROJECTS),
+    *_rows("unified_search", "mode", _BAD_MODE),
+    # the convenience writers
+    *_rows("store_agent_conversation", "agent_id", (("", "agent_id must be a non-empty string"),
+                                                    (None, "non-empty string"), (_NUL, "NUL"))),
+    *_rows("store_agent_conversation", "role", ((None, "role must be a non-empty string"), ("", "non-empty"),
+                                                (7, "non-empty string"), (_NUL, "NUL"))),
+    *_rows("store_agent_conversation", "content", ((None, "must be a string"), ("", "empty"), (_NUL, "NUL"))),
+    *_rows("store_agent_conversation", "metadata", _BAD_METADATA[:3]),
+    *_rows("store_agent_conversation", "project", (("", "non-empty"), (_NUL, "NUL"))),
+    *_rows("store_agent_conversation", "session_id", _BAD_ID),
+    *_rows("store_rag_chunks", "repo_id", (("", "repo_id must be a non-empty string"), (None, "non-empty"),
+                                           (_NUL, "NUL"), (_TOO_LONG_ID, "longer than 512"))),
+    *_rows("store_rag_chunks", "chunks", (("abc", "chunks must be a list"), (None, "chunks must be a list"),
+                                          ({"content": "x"}, "chunks must be a list"),
+                                          ([None], "chunk 0 must be a string or a mapping"),
+                                          ([{"content": None}], "chunk 0: content must be a string"),
+                                          ([{"content": 5}], "content must be a string"),
+                                          ([{"text": "x"}], "unknown fields"),
+                                          (["fine", {"content": "x", "metadata": [1]}], "chunk 1 metadata must be"),
+                                          ([""], "content is empty"), ([_NUL], "NUL"))),
+    *_rows("store_rag_chunks", "project", (("", "non-empty"), (_SURROGATE, "surrogate"))),
+    *_rows("store_workflow_execution", "workflow_id", (("", "workflow_id must be a non-empty string"),
+                                                       (None, "non-empty"), (_NUL, "NUL"))),
+    *_rows("store_workflow_execution", "summary", ((None, "must be a string"), ("", "empty"), (_NUL, "NUL"))),
+    *_rows("store_workflow_execution", "status", ((None, "status must be a non-empty string"), ("", "non-empty"),
+                                                  (_NUL, "NUL"))),
+    *_rows("store_workflow_execution", "metadata", _BAD_METADATA[:3]),
+    *_rows("store_workflow_execution", "project", (("", "non-empty"),)),
+    # get(ids), project_counts(projects)
+    *_rows("get", "ids", (("abc", "ids must be a list"), (["not-a-uuid"], "not a memory id"),
+                          ([None], "not a memory id"), (123, "ids must be a list"), (None, "ids must be a list"))),
+    *_rows("project_counts", "projects", _BAD_PROJECTS),
+    *_rows("backfill", "progress", (("x", "progress must be a callable"), (5, "progress must be a callable"))),
+    # forget(ids, *, filters)
+    *_rows("forget", "ids", (("abc", "ids must be a list"), (["not-a-uuid"], "not a memory id"),
+                             ([None], "not a memory id"), (123, "ids must be a list"),
+                             ({"id": 1}, "ids must be a list"), ("'; DROP TABLE memories; --", "ids must be a list"))),
+    *_rows("forget", "filters", ((SearchFilters(), "refusing to delete with an empty filter"),
+                                 ("x", "filters must be a SearchFilters"),
+                                 (SearchFilters(projects=[]), r"projects=\[\] names nothing"),
+                                 (SearchFilters(projects="default"), "list of strings"),
+                                 (None, "needs ids or a filter"))),
+]
+
+_RECORD = {"content": "a fine memory", "memory_type": "agent", "project": "hostile"}
+
+
+def _record_call(case: HostileCase, as_mapping: bool, model: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(_RECORD)
+    if case.field == "embedding+model":
+        fields["embedding"], fields["embedding_model"] = case.value  # type: ignore[misc]
+    else:
+        fields[case.field] = case.value
+        if case.field == "embedding":
+            fields["embedding_model"] = model  # the store's own: only the vector is wrong
+    return {"records": [dict(_RECORD, content="a fine first record"),
+                        fields if as_mapping else MemoryRecord(**fields)]}
+
+
+_BASE: dict[str, dict[str, Any]] = {
+    "remember": {"content": "a fine memory", "memory_type": "agent", "project": "hostile"},
+    "search": {"query": "fine memory"},
+    "unified_search": {"query": "fine memory"},
+    "store_agent_conversation": {"agent_id": "a1", "role": "user", "content": "a fine turn"},
+    "store_rag_chunks": {"repo_id": "r1", "chunks": ["a fine chunk"]},
+    "store_workflow_execution": {"workflow_id": "w1", "summary": "a fine run", "status": "completed"},
+    "forget": {"ids": None},
+    "get": {},
+    "project_counts": {},
+    "backfill": {},
+}
+
+
+def _call(memory: UnifiedMemory, case: HostileCase) -> Awaitable[Any]:
+    if case.entry.startswith("remember_many"):
+        arguments = ({"records": case.value} if case.field == "records"
+                     else _record_call(case, "mapping" in case.entry, memory.store.embedding_model))
+        return memory.remember_many(**arguments)
+    if case.entry == "search[filters]":
+        return memory.search("fine memory", filters=SearchFilters(**{case.field: case.value}))
+    arguments = {**_BASE[case.entry], case.field: case.value}
+    method: Callable[..., Awaitable[Any]] = getattr(memory, case.entry)
+    return method(**arguments)
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def hostile_memory(pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> AsyncIterator[UnifiedMemory]:
+    """One UnifiedMemory for the whole table (hashing embedder), holding a memory, an insight and an access."""
+    settings = make_settings(pg_data_dir)
+    async with UnifiedMemory.open(settings, background=False) as memory:
+        try:
+            first = await memory.remember(conversation("seed", "Seed rows prove that a rejected call deletes nothing."),
+                                          project="hostile")
+            await memory.store.touch([first])
+            yield memory
+        finally:
+            await drop_schema(memory.store)
+
+
+async def _snapshot(memory: UnifiedMemory) -> tuple[Any, ...]:
+    store = memory.store
+    seeded = await store.search(query_text="seed", mode="text", limit=10)
+    return (await store.count(), await outbox_rows(store), store.embedding_model,
+            [await store.access_stats(hit.id) for hit in seeded])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("case", API_CASES, ids=case_id)
+async def test_every_entry_point_rejects_hostile_input_and_changes_nothing(
+        hostile_memory: UnifiedMemory, case: HostileCase) -> None:
+    before = await _snapshot(hostile_memory)
+    with pytest.raises(InvalidInput, match=case.match) as info:
+        await _call(hostile_memory, case)
+    assert len(str(info.value)) < 400  # one clear sentence: never an echo of a 10 MB query or a vector
+    assert await _snapshot(hostile_memory) == before
+    assert hostile_memory._in_flight == 0
+
+
+async def test_the_table_covers_every_field_of_every_entry_point() -> None:
+    import inspect
+
+    covered = {(case.entry, case.field) for case in API_CASES}
+    # every public coroutine of UnifiedMemory that takes input is an entry point of the table
+    no_input = {"init", "cleanup", "health", "component_health", "component_healths", "is_healthy"}
+    entries = [name for name, member in inspect.getmembers(UnifiedMemory, inspect.iscoroutinefunction)
+               if not name.startswith("_") and name not in no_input]
+    assert {"remember", "remember_many", "search", "unified_search", "forget"} <= set(entries)
+    for entry in entries:
+        parameters = set(inspect.signature(getattr(UnifiedMemory, entry)).parameters) - {"self"}
+        assert {name for name in parameters if (entry, name) not in covered} == set(), entry
+    for variant in ("remember_many[mapping]", "remember_many[MemoryRecord]"):
+        assert set(MemoryRecord.__dataclass_fields__) <= {field for entry, field in covered if entry == variant}
+    assert set(SearchFilters.__dataclass_fields__) <= {field for entry, field in covered if entry == "search[filters]"}
+
+
+# --- store level: hostile values stored verbatim or rejected -----------------------------------------------
 
 TEXT_FIELDS = ("project", "source_system", "agent_id", "workflow_id", "repo_id", "session_id", "embedding_model")
 TABLES = ("memories", "embedding_meta", "memory_access", "insight_outbox", "rag_ingestions", "alembic_version")

@@ -40,7 +40,7 @@ def demo(
         try:
             console.print(f"embedder: {memory.embedder_note}")
             corpus = demo_corpus()
-            ids = []
+            ids: list[Any] = []
             with progress("remembering the sample corpus", len(corpus)) as update:
                 for start in range(0, len(corpus), 16):
                     ids += await memory.remember_many(corpus[start:start + 16])
