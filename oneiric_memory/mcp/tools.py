@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from oneiric_memory import __version__
 from oneiric_memory.errors import InvalidInput
@@ -37,7 +37,7 @@ from oneiric_memory.mcp.scope import ProjectScope
 from oneiric_memory.mcp.state import MemoryState
 from oneiric_memory.records import SearchFilters
 
-__all__ = ["TOOL_NAMES", "register_tools"]
+__all__ = ["FULL_OUTPUT_SCHEMAS", "TOOL_NAMES", "register_tools", "shallow_output_schema"]
 
 TOOL_NAMES = ("remember", "search", "unified_search", "get", "forget", "list_projects", "stats", "health")
 
@@ -207,7 +207,38 @@ def register_tools(mcp: FastMCP, state: MemoryState, scope: ProjectScope) -> Non
         wrapped = tool_errors(fn)
         if not scope.is_pinned:
             _require_project(wrapped)
-        mcp.tool(wrapped, name=fn.__name__, annotations={"title": fn.__name__.replace("_", " "), **hints})
+        extra: dict[str, Any] = {}
+        if not FULL_OUTPUT_SCHEMAS:
+            extra["output_schema"] = shallow_output_schema(inspect.signature(fn, eval_str=True).return_annotation)
+        mcp.tool(wrapped, name=fn.__name__, annotations={"title": fn.__name__.replace("_", " "), **hints}, **extra)
+
+
+def _sdk_caches_validators() -> bool:
+    """The MCP SDK 2.x compiles each output schema once; 1.x re-checks the schema against the JSON Schema
+    metaschema on every call, on both the server and the client side."""
+    from importlib.metadata import version
+
+    try:
+        return int(version("mcp").split(".")[0]) >= 2
+    except (ValueError, LookupError):
+        return False
+
+
+FULL_OUTPUT_SCHEMAS = _sdk_caches_validators()
+"""Full nested output schemas on MCP SDK 2.x; on 1.x a shallow one (top-level fields, their JSON types and
+descriptions), because 1.x's per-call schema check made each call ~3x slower (docs/benchmarks.md)."""
+
+
+def shallow_output_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's top-level properties with their JSON type and description only: cheap to validate."""
+    full = model.model_json_schema()
+    properties: dict[str, Any] = {}
+    for name, spec in full.get("properties", {}).items():
+        kept = {key: spec[key] for key in ("type", "description", "title") if key in spec}
+        if kept.get("type") == "array":
+            kept["items"] = {}
+        properties[name] = kept
+    return {"type": "object", "properties": properties, "required": list(full.get("required", []))}
 
 
 def _count(project: str, by_type: dict[str, int]) -> ProjectCount:
