@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 from mcp_common.health import HealthStatus
 
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InsightSinkError
+from oneiric_memory.insights import format_insight_block, insight_id
 from tests.adapters.session_buddy.sb_helpers import (
     SESSION_BUDDY_ID,
     SessionBuddyServer,
@@ -18,6 +21,8 @@ from tests.adapters.session_buddy.sb_helpers import (
     make_settings,
     open_sink,
 )
+from tests.conftest import make_settings as make_settings_with_store
+from tests.coordinator_fixtures import drop_schema, outbox_rows
 
 pytestmark = pytest.mark.asyncio
 
@@ -106,3 +111,32 @@ async def test_auto_mode_picks_mcp_while_the_server_holds_the_file(
         with pytest.raises(InsightSinkError) as caught:
             await sink.delete_insights([delivery("repo-a", "Auto mode found the server answering.").insight_id])
         assert caught.value.details["reason"] == "locked"
+
+
+async def test_auto_mode_delivers_a_remembered_insight_through_the_running_server(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path,
+        session_buddy_server: SessionBuddyServer) -> None:
+    """Issue 13's 'done when': with Session-Buddy's server running, ``auto`` mode delivers the outbox's insights
+    and Session-Buddy's own search finds them (0.23 and 0.36: liveness is list_tools, not ping)."""
+    text = "Watch out: the outbox relay reaches a running Session-Buddy only over MCP; its file stays locked."
+    settings = make_settings_with_store(pg_data_dir, session_buddy={
+        "enabled": True, "mode": "auto", "mcp_url": session_buddy_server.url,
+        "database_path": str(session_buddy_server.database_path), "timeout_s": 30.0,
+        "retry_base_delay_s": 0.0, "retry_max_delay_s": 0.0}, search={"unified_timeout_s": 60.0})
+    async with UnifiedMemory.open(settings) as memory:
+        try:
+            memory_id = await memory.remember(f"I fixed the relay.\n{format_insight_block(text)}\n", "agent",
+                                              project="alpha")
+            report = await memory.relay.drain()
+            assert (report.delivered, report.failed_attempts) == (1, 0), report.errors
+            (row,) = await outbox_rows(memory.store)
+            assert row["status"] == "delivered" and row["memory_id"] == memory_id
+            assert SESSION_BUDDY_ID.fullmatch(row["delivered_ref"])  # the server's own id, not a handle
+            result = await memory.unified_search("outbox relay running Session-Buddy", limit=5)
+            assert result.sources["session_buddy"].status == "ok"
+            assert any(hit.source == "session_buddy" and text in hit.content for hit in result.hits)
+        finally:
+            await drop_schema(memory.store)
+    found = await session_buddy_server.call("quick_search", {"query": f"om:{insight_id('alpha', text)}",
+                                                             "min_score": 0.0})
+    assert "outbox relay reaches a running Session-Buddy" in found.content[0].text
