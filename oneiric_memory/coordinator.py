@@ -22,7 +22,7 @@ from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 from oneiric_memory import __version__
 from oneiric_memory.adapters.embedders.selection import EmbedderSelection
-from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, pgvector_store_factory
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
@@ -35,7 +35,6 @@ from oneiric_memory.errors import (
 from oneiric_memory.insights import extract_insights
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
-from oneiric_memory.plugin import detached_errors
 from oneiric_memory.protocols import Embedder, InsightSink
 from oneiric_memory.records import (
     MEMORY_TYPES,
@@ -107,9 +106,7 @@ class _Components:
         settings = self.settings
 
         async def store() -> PgvectorMemoryStore:
-            instance = PgvectorMemoryStore(settings)
-            await detached_errors(instance.init())  # no driver frames (and their password) in Oneiric's log
-            return instance
+            return await pgvector_store_factory(settings)
 
         def embedder(provider: str) -> Callable[[], Awaitable[Embedder]]:
             async def build() -> Embedder:

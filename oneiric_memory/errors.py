@@ -6,10 +6,12 @@ Every error says what to do next in its message and carries structured ``details
     ├── ConfigurationError        a setting is wrong or missing (names the key and the file)
     ├── StoreError                PostgreSQL refused or failed an operation
     │   ├── StoreUnavailable      transient: connection lost, pool exhausted, deadlock (retried)
+    │   │   └── MaintenanceBusy   another maintenance run holds the schema's lock (retry later)
     │   └── SchemaMismatch        the database was built for another model/dimension/revision
     ├── EmbedderError             the embedder answered something unusable
     │   └── EmbedderUnavailable   transient: the embedder is down or too slow (retried)
     ├── InsightSinkError          Session-Buddy refused or is locked
+    │   └── SourceLocked          another process holds Session-Buddy's DuckDB file (migration source)
     └── InvalidInput              bad input; nothing was changed
 
 Retries with backoff apply to the *transient* classes only (``StoreUnavailable`` and
@@ -18,6 +20,7 @@ Retries with backoff apply to the *transient* classes only (``StoreUnavailable``
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 __all__ = [
@@ -26,11 +29,14 @@ __all__ = [
     "EmbedderUnavailable",
     "InsightSinkError",
     "InvalidInput",
+    "MaintenanceBusy",
     "OneiricMemoryError",
     "SchemaMismatch",
+    "SourceLocked",
     "StoreError",
     "StoreUnavailable",
     "TRANSIENT_ERRORS",
+    "without_driver_chain",
 ]
 
 
@@ -58,6 +64,10 @@ class StoreUnavailable(StoreError):
     """Transient store failure (connection, pool timeout, serialization, deadlock, shutdown)."""
 
 
+class MaintenanceBusy(StoreUnavailable):
+    """Another maintenance run holds this schema's maintenance lock (transient: retry later)."""
+
+
 class SchemaMismatch(StoreError):
     """The database schema does not match this package's model, dimension or revision."""
 
@@ -74,8 +84,25 @@ class InsightSinkError(OneiricMemoryError):
     """Session-Buddy could not take or return insights (locked file, server error)."""
 
 
+class SourceLocked(InsightSinkError):
+    """Another process (normally Session-Buddy) holds the DuckDB file; DuckDB allows one process per file."""
+
+
 class InvalidInput(OneiricMemoryError, ValueError):
     """The caller's input is invalid; nothing was written."""
 
 
 TRANSIENT_ERRORS: tuple[type[OneiricMemoryError], ...] = (StoreUnavailable, EmbedderUnavailable)
+
+
+async def without_driver_chain[T](work: Awaitable[T]) -> T:
+    """Await ``work``; re-raise our errors without the driver's traceback chain.
+
+    Oneiric logs a failed activation with ``exc_info``, and structlog's default console renderer prints every
+    frame's local variables: the driver frames under a connection error hold the password. Our messages
+    already say what failed and what to do, so the chain is dropped.
+    """
+    try:
+        return await work
+    except OneiricMemoryError as exc:
+        raise type(exc)(exc.message, **exc.details) from None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from oneiric_memory.adapters.pgvector.gauges import gauge_values
 from oneiric_memory.errors import StoreError
 from oneiric_memory.insights import Insight
 from oneiric_memory.observability import INSTRUMENTS, get_logger, span
@@ -62,11 +63,7 @@ class OutboxStatus:
 def _feed_gauges(store: PgvectorMemoryStore, status: OutboxStatus) -> None:
     """Refresh the ``oneiric_memory.outbox.backlog`` / ``.oldest_age`` gauges (registered by ``monitoring``
     for every store; they report the values cached here, since a gauge callback cannot run SQL)."""
-    try:
-        from oneiric_memory.ops.monitoring import _cached
-    except ImportError:  # pragma: no cover - monitoring is part of the package
-        return
-    cached = _cached(store)
+    cached = gauge_values(store)
     cached.outbox_pending = status.pending
     cached.outbox_failed = status.failed
     cached.oldest_pending_epoch = (time.time() - status.oldest_pending_age_s

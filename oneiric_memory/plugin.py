@@ -8,13 +8,12 @@ Each factory loads the settings itself, builds its adapter and awaits ``init()``
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from oneiric_memory import __version__
-from oneiric_memory.errors import OneiricMemoryError
+from oneiric_memory.errors import without_driver_chain
 
-__all__ = ["ADAPTER_SPECS", "detached_errors", "oneiric_adapters"]
+__all__ = ["ADAPTER_SPECS", "FACTORIES", "oneiric_adapters"]
 
 # category, provider, priority, capabilities, description
 ADAPTER_SPECS: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
@@ -29,23 +28,10 @@ ADAPTER_SPECS: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
 )
 
 
-async def detached_errors[T](work: Awaitable[T]) -> T:
-    """Await ``work``; re-raise our errors without the driver's traceback chain.
-
-    Oneiric logs a failed activation with ``exc_info``, and structlog's default console renderer prints every
-    frame's local variables: the driver frames under a connection error hold the password. Our messages
-    already say what failed and what to do, so the chain is dropped.
-    """
-    try:
-        return await work
-    except OneiricMemoryError as exc:
-        raise type(exc)(exc.message, **exc.details) from None
-
-
 async def _pgvector_store() -> Any:
     from oneiric_memory.adapters.pgvector import pgvector_store_factory
 
-    return await detached_errors(pgvector_store_factory())
+    return await pgvector_store_factory()
 
 
 async def _ollama_embedder() -> Any:
@@ -69,7 +55,7 @@ async def _session_buddy_sink() -> Any:
 async def _unified_memory() -> Any:
     from oneiric_memory.coordinator import unified_memory_factory
 
-    return await detached_errors(unified_memory_factory())
+    return await without_driver_chain(unified_memory_factory())
 
 
 FACTORIES = {

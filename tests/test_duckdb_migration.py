@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-from oneiric_memory.errors import InsightSinkError
-from oneiric_memory.ops.duckdb_migration import DuckDBMigration, ProgressEvent, SourceLockedError
+from oneiric_memory.errors import InsightSinkError, SourceLocked
+from oneiric_memory.ops.duckdb_migration import DuckDBMigration, ProgressEvent
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
 from oneiric_memory.testing.fake_ollama import FakeOllama
@@ -401,12 +401,12 @@ async def test_locked_source_gives_a_clear_error(migration: DuckDBMigration, fil
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(SourceLockedError) as caught:
+        with pytest.raises(SourceLocked) as caught:
             await migration.run(path)
         assert str(caught.value) == (f"Session-Buddy holds {path}: stop Session-Buddy or copy the file and "
                                      "migrate the copy")
         assert isinstance(caught.value, InsightSinkError)
-        with pytest.raises(SourceLockedError):
+        with pytest.raises(SourceLocked):
             await migration.inventory(path)
         assert await migration.list_runs() == []
     finally:

@@ -22,12 +22,13 @@ from structlog.testing import capture_logs
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.gauges import register_metrics
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.insights import Insight
 from oneiric_memory.observability import add_trace_ids, get_logger, span
 from oneiric_memory.ops.backup import backup
 from oneiric_memory.ops.maintenance import Maintenance
-from oneiric_memory.ops.monitoring import Monitor, register_metrics
+from oneiric_memory.ops.monitoring import Monitor
 from oneiric_memory.records import MemoryRecord
 from tests.conftest import make_settings
 from tests.ops_fixtures import clustered_vectors, load, open_store

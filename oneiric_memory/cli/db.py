@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from oneiric_memory.cli._runtime import UsageProblem, console, open_memory, open_store, progress, run, settings
 
 if TYPE_CHECKING:
-    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-    from oneiric_memory.adapters.pgvector.connection import ConnectParams
+    pass
 
 __all__ = ["ORDER", "register"]
 
@@ -19,39 +18,17 @@ ORDER = 50
 db_app = typer.Typer(help="Schema migrations (Alembic, shipped inside the package).", no_args_is_help=True)
 
 
-async def _unmigrated_store() -> PgvectorMemoryStore:
-    from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-
-    return PgvectorMemoryStore(settings({"postgres": {"auto_migrate": False}}))
-
-
-async def _bootstrap(store: Any) -> ConnectParams:
-    """Connection parameters with the server started and pgvector present, without migrating."""
-    from oneiric_memory.adapters.pgvector.connection import connect_once, ensure_vector_extension
-
-    params: ConnectParams = await store._resolve_params()
-    connection = await connect_once(params, store.settings.postgres)
-    try:
-        await ensure_vector_extension(connection, create=store.settings.postgres.create_extension, schema=store.schema)
-    finally:
-        await connection.close()
-    return params
-
-
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to head)."""
 
     async def work() -> None:
-        from oneiric_memory.adapters.pgvector.migrator import Migrator
+        from oneiric_memory.adapters.pgvector import schema_migrator
 
-        store = await _unmigrated_store()
-        try:
-            params = await _bootstrap(store)
-            current = await Migrator(params, store.settings.postgres).upgrade(revision)
-        finally:
-            await store.cleanup()
-        console.print(f"schema {store.schema} at {current}")
+        configured = settings()
+        async with schema_migrator(configured) as migrator:
+            current = await migrator.upgrade(revision)
+        console.print(f"schema {configured.postgres.db_schema} at {current}")
 
     run(work)
 
@@ -61,15 +38,12 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, 
     """Downgrade the schema (``base`` removes every table of this package: data is lost)."""
 
     async def work() -> None:
-        from oneiric_memory.adapters.pgvector.migrator import Migrator
+        from oneiric_memory.adapters.pgvector import schema_migrator
 
-        store = await _unmigrated_store()
-        try:
-            params = await _bootstrap(store)
-            current = await Migrator(params, store.settings.postgres).downgrade(revision)
-        finally:
-            await store.cleanup()
-        console.print(f"schema {store.schema} at {current or 'base'}")
+        configured = settings()
+        async with schema_migrator(configured) as migrator:
+            current = await migrator.downgrade(revision)
+        console.print(f"schema {configured.postgres.db_schema} at {current or 'base'}")
 
     run(work)
 
@@ -79,16 +53,13 @@ def db_current() -> None:
     """Show the schema's current revision and the package's head."""
 
     async def work() -> None:
-        from oneiric_memory.adapters.pgvector.migrator import Migrator
+        from oneiric_memory.adapters.pgvector import schema_migrator
 
-        store = await _unmigrated_store()
-        try:
-            params = await _bootstrap(store)
-            migrator = Migrator(params, store.settings.postgres)
+        configured = settings()
+        async with schema_migrator(configured) as migrator:
             current = await migrator.current()
-            console.print(f"schema {store.schema}: current {current or 'base'}, head {migrator.head_revision()}")
-        finally:
-            await store.cleanup()
+        console.print(f"schema {configured.postgres.db_schema}: current {current or 'base'}, "
+                      f"head {migrator.head_revision()}")
 
     run(work)
 

@@ -23,11 +23,12 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-from oneiric_memory.adapters.pgvector.connection import ConnectParams, connect_once, ensure_vector_extension
-from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedPostgres, embedded_bin_dir
+from oneiric_memory.adapters.pgvector.bootstrap import analyze_schema, check_extensions, server_params
+from oneiric_memory.adapters.pgvector.connection import ConnectParams
+from oneiric_memory.adapters.pgvector.embedded_server import embedded_bin_dir
 from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
 from oneiric_memory.observability import Stopwatch, get_logger, span
-from oneiric_memory.settings import MemorySettings, validate_identifier
+from oneiric_memory.settings import MemorySettings
 
 __all__ = [
     "BackupResult",
@@ -155,29 +156,8 @@ async def _target(target: PgvectorMemoryStore | MemorySettings, *,
         return
     if not isinstance(target, MemorySettings):
         raise InvalidInput("pass an initialized PgvectorMemoryStore or MemorySettings")
-    pg = target.postgres
-    if not pg.embedded:
-        yield ConnectParams.from_settings(pg), target
-        return
-    server = EmbeddedPostgres(target.embedded_data_dir)
-    info = await server.start()
-    try:
-        params = ConnectParams(host=info.host, port=info.port, user=info.user, database=pg.database)
-        if create_database:
-            admin = ConnectParams(host=info.host, port=info.port, user=info.user, database="postgres")
-            connection = await connect_once(admin, pg)
-            try:
-                if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", pg.database):
-                    try:
-                        name = validate_identifier(pg.database, what="postgres.database")
-                    except ValueError as exc:
-                        raise ConfigurationError(str(exc)) from None
-                    await connection.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await connection.close()
+    async with server_params(target, create_database=create_database) as params:
         yield params, target
-    finally:
-        await server.stop()
 
 
 Progress = Callable[[int, int | None], None]
@@ -335,11 +315,7 @@ async def restore(target: PgvectorMemoryStore | MemorySettings, path: str | Path
                 raise InvalidInput(
                     f"{source.name} holds schema(s) {schemas or 'none'}, not the configured {schema!r}: set "
                     "postgres.db_schema to the archive's schema to restore it", archive_schemas=schemas)
-            connection = await connect_once(params, pg)
-            try:
-                await ensure_vector_extension(connection, create=pg.create_extension, schema=schema)
-            finally:
-                await connection.close()
+            await check_extensions(params, pg)  # pgvector first: the archive's tables need its types
             # without --dbname pg_restore would print SQL instead of restoring
             dbname = args or [f"--dbname={params.database or env.get('PGUSER', 'postgres')}"]
             entries = sum(1 for line in listing.splitlines() if line and not line.startswith(";"))
@@ -347,14 +323,7 @@ async def restore(target: PgvectorMemoryStore | MemorySettings, path: str | Path
                         "--exit-on-error", "--no-password", "--verbose", *dbname, str(source)],
                        env, secret=secret, timeout_s=timeout_s, action=f"pg_restore of {source.name}",
                        step=_RESTORED, on_step=_Counter(progress, entries))
-            connection = await connect_once(params, pg)
-            try:  # restored tables have no planner statistics yet
-                for table in await connection.fetch(
-                        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = $1 AND c.relkind = 'r'", schema):
-                    await connection.execute(f'ANALYZE "{schema}"."{table["relname"]}"')
-            finally:
-                await connection.close()
+            await analyze_schema(params, pg, schema)  # restored tables have no planner statistics yet
         if isinstance(target, PgvectorMemoryStore):
             await target.pool.expire_connections()
     result = RestoreResult(path=source, schema=schema, duration_s=round(watch.ms / 1000, 3),

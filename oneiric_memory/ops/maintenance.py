@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from oneiric_memory.adapters.pgvector.connection import translate_error
-from oneiric_memory.errors import InvalidInput, OneiricMemoryError, StoreUnavailable
+from oneiric_memory.errors import InvalidInput, MaintenanceBusy, OneiricMemoryError
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings
 
@@ -40,7 +40,6 @@ __all__ = [
     "AutoReport",
     "AutovacuumReport",
     "Maintenance",
-    "MaintenanceBusy",
     "PACKAGE_TABLES",
     "ReindexReport",
     "TableVacuum",
@@ -89,10 +88,6 @@ _MIN_ROWS_CHANGE = 1000  # fewer changed rows never justify rebuilding a vector 
 _EXACT_COUNT_LIMIT = 1_000_000  # above this, row counts come from the statistics
 _LEFTOVER_PATTERN = r"_cc(new|old)[0-9]*$"
 _REBUILD_SUFFIX = "_rebuild"
-
-
-class MaintenanceBusy(StoreUnavailable):
-    """Another maintenance run holds this schema's maintenance lock (transient: retry later)."""
 
 
 def ivfflat_probes_for(lists: int) -> int:

@@ -5,18 +5,14 @@ exhausted. Nothing here reads memory content: statistics come from the catalogs,
 counts; ``pg_stat_statements`` texts are normalized (constants replaced by ``$n``) and this package only
 ever sends content as bind parameters.
 
-Gauges (:func:`register_metrics`) read values cached by the last ``stats()``/``doctor()``/canary run, so
-a metric export never waits on PostgreSQL.
+The store's gauges (:mod:`oneiric_memory.adapters.pgvector.gauges`) read the values cached here by the last
+``stats()``/``doctor()``/canary run, so a metric export never waits on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 import re
-import threading
-import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -24,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
-from oneiric_memory.errors import InvalidInput, OneiricMemoryError, StoreError
-from oneiric_memory.observability import get_logger, register_gauge, span
+from oneiric_memory.adapters.pgvector.connection import PoolStats
+from oneiric_memory.adapters.pgvector.gauges import gauge_values
+from oneiric_memory.errors import InvalidInput, OneiricMemoryError
+from oneiric_memory.observability import get_logger, span
 from oneiric_memory.ops.maintenance import PACKAGE_TABLES, _jsonable, count_embedded_rows, direct_connection
 
 if TYPE_CHECKING:  # mcp_common is imported lazily: it pulls in fastmcp, which costs seconds per process
@@ -41,7 +39,6 @@ __all__ = [
     "Monitor",
     "MonitorStats",
     "OutboxStats",
-    "PoolSnapshot",
     "Severity",
     "SlowQuery",
     "StatementStats",
@@ -50,7 +47,6 @@ __all__ = [
     "VectorStorage",
     "evaluate",
     "health_score",
-    "register_metrics",
 ]
 
 Severity = Literal["info", "warning", "critical"]
@@ -69,24 +65,6 @@ _ENABLE_STATEMENTS = ("add shared_preload_libraries = 'pg_stat_statements' to po
 
 
 # --- data ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSnapshot:
-    """The asyncpg pool right now; ``busy_ratio`` is in-use over max."""
-
-    size: int
-    idle: int
-    in_use: int
-    max_size: int
-    min_size: int
-    waiting: int
-    acquires: int
-    mean_acquire_ms: float | None
-
-    @property
-    def busy_ratio(self) -> float:
-        return self.in_use / self.max_size if self.max_size else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +190,7 @@ class MonitorStats:
     schema: str
     collected_at: datetime
     server_version: str
-    pool: PoolSnapshot
+    pool: PoolStats
     tables: list[TableStats]
     indexes: list[IndexStats]
     vector_index: VectorIndexStats | None
@@ -312,101 +290,6 @@ class DoctorReport:
         return {"score": self.score, "status": self.status, "summary": self.summary,
                 "findings": [asdict(f) for f in self.findings],
                 "canary": None if self.canary is None else self.canary.to_dict(), "stats": self.stats.to_dict()}
-
-
-# --- cached values for gauges ----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Cached:
-    outbox_pending: int | None = None
-    outbox_failed: int | None = None
-    oldest_pending_epoch: float | None = None
-    pending_embeddings: int | None = None
-    recall: float | None = None
-
-
-_lock = threading.Lock()
-_cache: weakref.WeakKeyDictionary[PgvectorMemoryStore, _Cached] = weakref.WeakKeyDictionary()
-_registered: weakref.WeakSet[PgvectorMemoryStore] = weakref.WeakSet()
-_gauges_registered = False
-
-
-def _cached(store: PgvectorMemoryStore) -> _Cached:
-    with _lock:
-        entry = _cache.get(store)
-        if entry is None:
-            entry = _cache[store] = _Cached()
-        return entry
-
-
-def _sources() -> list[tuple[PgvectorMemoryStore, _Cached | None]]:
-    with _lock:
-        return [(store, _cache.get(store)) for store in list(_registered)]
-
-
-def _pool_values(state: str) -> list[tuple[float, dict[str, str]]]:
-    values: list[tuple[float, dict[str, str]]] = []
-    for store, _ in _sources():
-        try:
-            stats = store.gate.stats()
-        except StoreError:  # not initialized or closed
-            continue
-        number = {"size": stats.size, "idle": stats.idle, "in_use": stats.in_use, "waiting": stats.waiting,
-                  "max": stats.max_size}[state]
-        values.append((float(number), {"schema": store.schema}))
-    return values
-
-
-def _cached_values(read: str) -> list[tuple[float, dict[str, str]]]:
-    values: list[tuple[float, dict[str, str]]] = []
-    now = time.time()
-    for store, cached in _sources():
-        if cached is None:
-            continue
-        attrs = {"schema": store.schema}
-        if read == "backlog":
-            if cached.outbox_pending is not None:
-                values.append((float(cached.outbox_pending), {**attrs, "status": "pending"}))
-            if cached.outbox_failed is not None:
-                values.append((float(cached.outbox_failed), {**attrs, "status": "failed"}))
-        elif read == "oldest" and cached.outbox_pending is not None:
-            oldest = cached.oldest_pending_epoch
-            values.append((max(now - oldest, 0.0) if oldest is not None else 0.0, attrs))
-        elif read == "pending" and cached.pending_embeddings is not None:
-            values.append((float(cached.pending_embeddings), attrs))
-        elif read == "recall" and cached.recall is not None:
-            values.append((cached.recall, attrs))
-    return values
-
-
-def register_metrics(store: PgvectorMemoryStore) -> None:
-    """Export this store's pool, outbox, pending-embedding and recall-canary numbers as gauges.
-
-    Each gauge is registered once per process (OpenTelemetry keeps the first callback of a name) and
-    reports every registered store, labelled by ``schema``. Pool numbers are read from asyncpg's
-    in-memory counters; the rest are the values cached by the last ``stats()``, ``doctor()`` or canary.
-    """
-    global _gauges_registered
-    with _lock:
-        _registered.add(store)
-        if _gauges_registered:
-            return
-        _gauges_registered = True
-    for state, description in (("size", "open connections in the pool"), ("idle", "idle pool connections"),
-                               ("in_use", "pool connections checked out"),
-                               ("waiting", "callers waiting for a pool connection"),
-                               ("max", "the pool's maximum size")):
-        register_gauge(f"oneiric_memory.pool.{state}", description,
-                       "{caller}" if state == "waiting" else "{connection}", functools.partial(_pool_values, state))
-    register_gauge("oneiric_memory.outbox.backlog", "insight outbox rows not delivered, by status", "{insight}",
-                   lambda: _cached_values("backlog"))
-    register_gauge("oneiric_memory.outbox.oldest_age", "age of the oldest pending insight", "s",
-                   lambda: _cached_values("oldest"))
-    register_gauge("oneiric_memory.embeddings.pending", "memories whose embedding is pending", "{memory}",
-                   lambda: _cached_values("pending"))
-    register_gauge("oneiric_memory.recall.canary", "recall@k of the vector index against exact search", "1",
-                   lambda: _cached_values("recall"))
 
 
 # --- findings ---------------------------------------------------------------------------------------------
@@ -551,13 +434,8 @@ class Monitor:
         self.create_statements_extension = create_statements_extension
         self._log = get_logger("oneiric_memory.monitoring", schema=self.schema)
 
-    def pool_snapshot(self) -> PoolSnapshot:
-        gate = self.store.gate
-        stats = gate.stats()
-        mean = gate.acquire_ms_total / gate.acquires if gate.acquires else None
-        return PoolSnapshot(size=stats.size, idle=stats.idle, in_use=stats.in_use, max_size=stats.max_size,
-                            min_size=stats.min_size, waiting=stats.waiting, acquires=gate.acquires,
-                            mean_acquire_ms=None if mean is None else round(mean, 3))
+    def pool_snapshot(self) -> PoolStats:
+        return self.store.gate.stats()
 
     async def stats(self) -> MonitorStats:
         """Collect everything ``oneiric-memory stats`` shows (and refresh the gauges' cached values)."""
@@ -566,7 +444,7 @@ class Monitor:
             timeout = self.settings.postgres.statement_timeout_ms
             async with direct_connection(self.store, purpose="monitor", statement_timeout_ms=timeout) as conn:
                 result = await self._collect(conn, pool)
-        cached = _cached(self.store)
+        cached = gauge_values(self.store)
         cached.pending_embeddings = result.pending_embeddings
         if result.outbox is not None:
             cached.outbox_pending = result.outbox.pending
@@ -575,7 +453,7 @@ class Monitor:
             cached.oldest_pending_epoch = oldest.timestamp() if oldest is not None else None
         return result
 
-    async def _collect(self, conn: asyncpg.Connection, pool: PoolSnapshot) -> MonitorStats:
+    async def _collect(self, conn: asyncpg.Connection, pool: PoolStats) -> MonitorStats:
         s = self.schema
         t = self.store.table
         version = conn.get_server_version()
@@ -737,7 +615,7 @@ class Monitor:
             if result.skipped is not None:
                 sp.set_attribute("skipped", True)
         if result.recall is not None:
-            _cached(self.store).recall = result.recall
+            gauge_values(self.store).recall = result.recall
             if result.below_floor:
                 self._log.warning("recall-canary-below-floor", recall=round(result.recall, 4), k=k,
                                   floor=result.floor, method=result.method)

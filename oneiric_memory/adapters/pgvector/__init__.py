@@ -4,6 +4,7 @@ Import the store and its factory from here; the modules inside are its named par
 """
 
 from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
+from oneiric_memory.adapters.pgvector.bootstrap import schema_migrator
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
@@ -21,4 +22,5 @@ __all__ = [
     "ivfflat_lists_for",
     "list_memories",
     "pgvector_store_factory",
+    "schema_migrator",
 ]

@@ -247,18 +247,20 @@ async def ensure_vector_extension(connection: asyncpg.Connection, *, create: boo
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
+    """The asyncpg pool right now, with the gate's wait counters; ``busy_ratio`` is in-use over max."""
+
     size: int
     idle: int
     in_use: int
     max_size: int
     min_size: int
     waiting: int
+    acquires: int = 0
+    mean_acquire_ms: float | None = None
 
-    @classmethod
-    def of(cls, pool: asyncpg.Pool, waiting: int) -> PoolStats:
-        size, idle = pool.get_size(), pool.get_idle_size()
-        return cls(size=size, idle=idle, in_use=size - idle, max_size=pool.get_max_size(),
-                   min_size=pool.get_min_size(), waiting=waiting)
+    @property
+    def busy_ratio(self) -> float:
+        return self.in_use / self.max_size if self.max_size else 0.0
 
 
 class PoolGate:
@@ -292,7 +294,11 @@ class PoolGate:
             await self.pool.release(connection)
 
     def stats(self) -> PoolStats:
-        return PoolStats.of(self.pool, self.waiting)
+        size, idle = self.pool.get_size(), self.pool.get_idle_size()
+        mean = self.acquire_ms_total / self.acquires if self.acquires else None
+        return PoolStats(size=size, idle=idle, in_use=size - idle, max_size=self.pool.get_max_size(),
+                         min_size=self.pool.get_min_size(), waiting=self.waiting, acquires=self.acquires,
+                         mean_acquire_ms=None if mean is None else round(mean, 3))
 
 
 async def wait_closed(pool: asyncpg.Pool, timeout_s: float) -> None:

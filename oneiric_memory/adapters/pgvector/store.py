@@ -14,7 +14,6 @@ import json
 import math
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -23,18 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
+from oneiric_memory.adapters.pgvector.bootstrap import check_extensions, migrate, server_params
 from oneiric_memory.adapters.pgvector.connection import (
     ConnectParams,
     PoolGate,
-    connect_once,
     create_pool,
-    ensure_vector_extension,
     is_transient,
     run_with_retries,
     wait_closed,
 )
-from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedPostgres
-from oneiric_memory.adapters.pgvector.migrator import Migrator
+from oneiric_memory.adapters.pgvector.gauges import register_metrics
+from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta, quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
     Params,
     bm25_branch,
@@ -48,7 +46,7 @@ from oneiric_memory.adapters.pgvector.search_sql import (
     vector_branch,
     vector_search_sql,
 )
-from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError
+from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, without_driver_chain
 from oneiric_memory.insights import Insight
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.records import (
@@ -61,7 +59,7 @@ from oneiric_memory.records import (
     check_embedding,
     content_hash,
 )
-from oneiric_memory.settings import MemorySettings, load_settings, validate_identifier
+from oneiric_memory.settings import MemorySettings, load_settings
 
 if TYPE_CHECKING:  # mcp_common is imported lazily: loading it pulls in fastmcp and costs seconds per process
     from mcp_common.health import ComponentHealth
@@ -115,8 +113,8 @@ class PgvectorMemoryStore:
         self.schema = pg.db_schema
         self.dimension = pg.vector_dimension
         self.vector_type = pg.vector_type
-        self._t = f'"{self.schema}"'
-        self._embedded: EmbeddedPostgres | None = None
+        self.names = SchemaNames(self.schema)
+        self._server = contextlib.AsyncExitStack()
         self._params: ConnectParams | None = None
         self._pool: asyncpg.Pool | None = None
         self._read_pool: asyncpg.Pool | None = None
@@ -150,7 +148,7 @@ class PgvectorMemoryStore:
 
     def table(self, name: str) -> str:
         """Schema-qualified name of one of this package's tables (fixed names, validated schema)."""
-        return f'{self._t}."{name}"'
+        return self.names.table(name)
 
     async def init(self) -> None:
         """Start/attach the database, check pgvector, migrate (if allowed), check the meta table, open pools."""
@@ -159,57 +157,23 @@ class PgvectorMemoryStore:
             return  # already initialized: a second init must not open (and leak) a second pool
         with span("store.init", embedded=pg.embedded):
             try:
-                self._params = await self._resolve_params()
-                bootstrap = await connect_once(self._params, pg)
-                try:
-                    self.extension_version = await ensure_vector_extension(
-                        bootstrap, create=pg.create_extension, schema=self.schema)
-                    vector_schema = await bootstrap.fetchval(
-                        "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'vector'")
-                    self.bm25_extension = await bootstrap.fetchval(
-                        "SELECT extname FROM pg_extension WHERE extname IN ('pg_textsearch', 'pg_search') "
-                        "ORDER BY extname LIMIT 1")
-                finally:
-                    await bootstrap.close()
-                migrator = Migrator(self._params, pg)
-                if pg.auto_migrate:
-                    await migrator.upgrade()
-                else:
-                    await migrator.require_head()
-                self._pool = await create_pool(self._params, pg, vector_schema=str(vector_schema).strip('"'))
+                self._params = await self._server.enter_async_context(server_params(self.settings))
+                extensions = await check_extensions(self._params, pg)
+                self.extension_version, self.bm25_extension = extensions.vector_version, extensions.bm25
+                await migrate(self._params, pg)
+                self._pool = await create_pool(self._params, pg, vector_schema=extensions.vector_schema)
                 self._gate = PoolGate(self._pool, pg.acquire_timeout_s)
                 if pg.read_dsn is not None:
                     self._read_pool = await create_pool(ConnectParams.from_settings(pg, read=True), pg,
-                                                        vector_schema=str(vector_schema).strip('"'))
+                                                        vector_schema=extensions.vector_schema)
                     self._read_gate = PoolGate(self._read_pool, pg.acquire_timeout_s)
                 await self._check_meta()
             except BaseException:
                 await self.cleanup()
                 raise
-        self._register_gauges()
+        register_metrics(self)
         self._closed = False
         self._log.info("store-ready", schema=self.schema, embedded=pg.embedded, pgvector=self.extension_version)
-
-    async def _resolve_params(self) -> ConnectParams:
-        pg = self.settings.postgres
-        if not pg.embedded:
-            return ConnectParams.from_settings(pg)
-        self._embedded = EmbeddedPostgres(self.settings.embedded_data_dir)
-        info = await self._embedded.start()
-        admin = ConnectParams(host=info.host, port=info.port, user=info.user, database="postgres")
-        connection = await connect_once(admin, pg)
-        try:
-            exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", pg.database)
-            if not exists:
-                try:
-                    await connection.execute(f'CREATE DATABASE "{_safe_db_name(pg.database)}"')
-                except asyncpg.DuplicateDatabaseError:
-                    pass
-                except asyncpg.UniqueViolationError:
-                    pass
-        finally:
-            await connection.close()
-        return ConnectParams(host=info.host, port=info.port, user=info.user, database=pg.database)
 
     async def _check_meta(self) -> None:
         async def read() -> asyncpg.Record | None:
@@ -218,16 +182,8 @@ class PgvectorMemoryStore:
                     f"SELECT model, dimension, vector_type FROM {self.table('embedding_meta')}")
 
         row = await run_with_retries(self.settings.postgres, "reading the embedding meta table", read)
-        if row is None:
-            raise SchemaMismatch(f"{self.table('embedding_meta')} is empty: run `oneiric-memory db upgrade`")
-        if row["dimension"] != self.dimension or row["vector_type"] != self.vector_type:
-            raise SchemaMismatch(
-                f"schema {self.schema!r} stores {row['vector_type']}({row['dimension']}) vectors but the settings ask "
-                f"for {self.vector_type}({self.dimension}): changing the dimension is a migration — use another "
-                "postgres.db_schema, or re-create this one with `oneiric-memory db downgrade base` then "
-                "`db upgrade` (this deletes its memories)",
-                stored_dimension=row["dimension"], configured_dimension=self.dimension)
-        self.embedding_model = row["model"]
+        self.embedding_model = check_meta(row, names=self.names, dimension=self.dimension,
+                                          vector_type=self.vector_type)
 
     async def bind_embedding_model(self, model_id: str) -> None:
         """Record the embedding model on first use; refuse a different one (mixing vector spaces)."""
@@ -261,12 +217,6 @@ class PgvectorMemoryStore:
         self.embedding_model = model_id
         return int(status.split()[-1])
 
-    def _register_gauges(self) -> None:
-        """Pool, outbox, pending-embedding and canary gauges (registered once per process, labelled by schema)."""
-        from oneiric_memory.ops.monitoring import register_metrics
-
-        register_metrics(self)
-
     async def cleanup(self) -> None:
         """Close pools gracefully (waiting for checked-out connections) and release the embedded server."""
         self._closed = True
@@ -276,9 +226,7 @@ class PgvectorMemoryStore:
                 await wait_closed(pool, timeout)
         self._pool = self._read_pool = None
         self._gate = self._read_gate = None
-        if self._embedded is not None:
-            await self._embedded.stop()
-            self._embedded = None
+        await self._server.aclose()  # stops the embedded server this store started (if any)
 
     async def __aenter__(self) -> PgvectorMemoryStore:
         await self.init()
@@ -521,7 +469,7 @@ class PgvectorMemoryStore:
         index = await self._vector_index_name()
         if index is not None:
             async with self.gate.acquire() as connection:
-                await connection.execute(f'DROP INDEX IF EXISTS {self._t}."{index}"')
+                await connection.execute(f"DROP INDEX IF EXISTS {self.names.index(index)}")
         try:
             yield
         finally:
@@ -557,7 +505,7 @@ class PgvectorMemoryStore:
                     "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
                     pg.bulk_maintenance_work_mem)
                 if existing is not None:
-                    await connection.execute(f'DROP INDEX IF EXISTS {self._t}."{existing}"')
+                    await connection.execute(f"DROP INDEX IF EXISTS {self.names.index(existing)}")
                 if kind == "hnsw":
                     name = "memories_embedding_hnsw"
                     ddl = (f'CREATE INDEX "{name}" ON {memories} USING hnsw (embedding {ops}) '
@@ -877,7 +825,7 @@ class PgvectorMemoryStore:
         """
         gate = self._read_gate or self.gate
         async with gate.acquire() as connection:
-            knobs = ", ".join(f"set_config({_literal(name)}, {_literal(value)}, true)"
+            knobs = ", ".join(f"set_config({quote_literal(name)}, {quote_literal(value)}, true)"
                               for name, value in self._knobs(ef_search))
             try:
                 await connection.execute(f"BEGIN READ ONLY; SELECT {knobs}")
@@ -902,10 +850,6 @@ class PgvectorMemoryStore:
             knobs += [("ivfflat.probes", str(int(ss.ivfflat_probes or 10))),
                       ("ivfflat.iterative_scan", "off" if ss.iterative_scan == "off" else "relaxed_order")]
         return knobs
-
-    async def _apply_knobs(self, connection: asyncpg.Connection, ef_search: int) -> None:
-        """Set every search knob inside a transaction the caller already opened (one round trip)."""
-        await _set_local(connection, self._knobs(ef_search))
 
     def _ef_search(self, ef_search: int | None, limit: int, candidates: int) -> int:
         """``ef_search`` for this call: the override or the setting, never below the rows asked for, <= 1000."""
@@ -981,7 +925,7 @@ class PgvectorMemoryStore:
         if self._rows_estimate_at is not None and now - self._rows_estimate_at < _ROWS_ESTIMATE_TTL_S:
             return self._rows_estimate
         value = await connection.fetchval("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)",
-                                          f'{self._t}."memories"')
+                                          self.table("memories"))
         self._rows_estimate = float(value) if value is not None and float(value) > 0 else None
         self._rows_estimate_at = now
         return self._rows_estimate
@@ -1140,11 +1084,6 @@ _EXACT_FLOOR = 1000  # below this many matching rows the exact path always wins
 _ROWS_ESTIMATE_TTL_S = 60.0
 
 
-def _literal(value: str) -> str:
-    """A SQL string literal (only ever used for setting names and numeric/enum values from settings)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 async def _set_local(connection: asyncpg.Connection, knobs: Sequence[tuple[str, str]]) -> None:
     """Transaction-local settings in one round trip (``SET`` takes no bind parameters; set_config does)."""
     await connection.execute(
@@ -1177,22 +1116,6 @@ def _check_search_knobs(*, ef_search: int | None = None, vector_weight: float | 
     if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                   or not math.isfinite(min_score)):
         raise InvalidInput("min_score must be a finite number")
-
-
-_live_stores: weakref.WeakSet[PgvectorMemoryStore] = weakref.WeakSet()
-_pool_gauge_registered = False
-
-
-def _pool_numbers() -> list[tuple[float, dict[str, str]]]:
-    numbers: list[tuple[float, dict[str, str]]] = []
-    for store in list(_live_stores):
-        if store._gate is None or store._closed:
-            continue
-        stats = store._gate.stats()
-        for state, value in (("size", stats.size), ("idle", stats.idle), ("in_use", stats.in_use),
-                             ("waiting", stats.waiting), ("max", stats.max_size)):
-            numbers.append((float(value), {"state": state, "schema": store.schema}))
-    return numbers
 
 
 def ivfflat_lists_for(rows: int) -> int:
@@ -1231,14 +1154,14 @@ def _filters_dict(filters: SearchFilters) -> dict[str, Any]:
     return {name: getattr(filters, name) for name in SearchFilters.__dataclass_fields__}
 
 
-def _safe_db_name(name: str) -> str:
-    return validate_identifier(name, what="postgres.database")
-
-
 async def pgvector_store_factory(settings: MemorySettings | None = None) -> PgvectorMemoryStore:
-    """The one way to build the store: settings (loaded when omitted, as Oneiric calls it), ``await init()``
-    (which cleans up if it fails)."""
+    """The one way to build the store: from ``settings`` (loaded from the layers when None, as Oneiric's
+    zero-argument factories do), initialized. A failed init cleans up and raises our error without the
+    driver's traceback chain (whose frames hold the password in Oneiric's log)."""
     store = PgvectorMemoryStore(settings if settings is not None else load_settings())
+    return await without_driver_chain(_initialized(store))
+
+
+async def _initialized(store: PgvectorMemoryStore) -> PgvectorMemoryStore:
     await store.init()
     return store
-

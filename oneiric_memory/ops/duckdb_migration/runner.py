@@ -4,7 +4,7 @@ Why it is built this way:
 
 - **Read-only and safe.** Each source file is opened with ``duckdb.connect(path, read_only=True)`` on its own
   worker thread (DuckDB calls block). While Session-Buddy holds the file, DuckDB refuses even a read-only
-  open; that becomes :class:`SourceLockedError` with what to do. Nothing ever writes to the source.
+  open; that becomes :class:`SourceLocked` with what to do. Nothing ever writes to the source.
 - **Detected, not assumed.** Tables come from ``duckdb_tables()`` and columns from ``information_schema``;
   a real file may hold the v2 family (``conversations_v2``, ``reflections_v2``), the legacy family
   (``conversations``, ``reflections`` with ``"timestamp"``, ``reflection_tags``) or both. The knowledge
@@ -50,7 +50,13 @@ import duckdb
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.connection import connect_once
-from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InsightSinkError, InvalidInput, StoreError
+from oneiric_memory.errors import (
+    EmbedderError,
+    EmbedderUnavailable,
+    InvalidInput,
+    SourceLocked,
+    StoreError,
+)
 from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder
 from oneiric_memory.records import MemoryRecord, UpsertResult, content_hash
@@ -66,7 +72,6 @@ __all__ = [
     "RollbackReport",
     "RowIssue",
     "RunSummary",
-    "SourceLockedError",
     "TableInventory",
     "TableReport",
     "TableValidation",
@@ -117,10 +122,6 @@ _AUXILIARY_TABLES = {"reflection_tags": "folded into the tags of legacy `reflect
 _JSON_COLUMNS = frozenset({"metadata", "properties"})
 _SKIPPED_COLUMNS = frozenset({"embedding", "fingerprint", "searchable_content"})
 _TIMESTAMP_COLUMNS = ("created_at", "timestamp", "updated_at")
-
-
-class SourceLockedError(InsightSinkError):
-    """Another process (normally Session-Buddy) holds the DuckDB file; DuckDB allows one process per file."""
 
 
 # --- public value types -----------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def _open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
     except duckdb.Error as exc:
         text = str(exc)
         if "Could not set lock" in text or "Conflicting lock" in text or "different configuration" in text:
-            raise SourceLockedError(locked, path=str(path)) from None
+            raise SourceLocked(locked, path=str(path)) from None
         if "not a valid DuckDB database" in text:
             raise InvalidInput(f"{path} is not a DuckDB database file: pass Session-Buddy's reflection.duckdb "
                                "or knowledge_graph.duckdb", path=str(path)) from None
