@@ -15,7 +15,6 @@ directly: session settings and advisory locks need a session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,11 +23,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
-
-from oneiric_memory.adapters.pgvector.connection import translate_error
+from oneiric_memory.adapters.pgvector import ivfflat_lists_for
+from oneiric_memory.adapters.pgvector.direct import REBUILD_SUFFIX, DirectSession, direct_session
+from oneiric_memory.adapters.pgvector.schema import PACKAGE_TABLES
 from oneiric_memory.errors import InvalidInput, MaintenanceBusy, OneiricMemoryError
 from oneiric_memory.observability import Stopwatch, get_logger, span
+from oneiric_memory.ops.reports import jsonable
 from oneiric_memory.settings import MemorySettings
 
 if TYPE_CHECKING:
@@ -40,17 +40,12 @@ __all__ = [
     "AutoReport",
     "AutovacuumReport",
     "Maintenance",
-    "PACKAGE_TABLES",
     "ReindexReport",
     "TableVacuum",
     "VacuumReport",
-    "count_embedded_rows",
-    "direct_connection",
     "ivfflat_probes_for",
     "run_periodically",
 ]
-
-PACKAGE_TABLES: tuple[str, ...] = ("memories", "memory_access", "insight_outbox", "rag_ingestions", "embedding_meta")
 
 # Tuned for this write pattern (see docs/operations.md): the defaults (20% dead before a vacuum) let a
 # 1M-row memories table carry 200K dead tuples; the side tables are small and hot, so an absolute
@@ -85,28 +80,11 @@ AUTOVACUUM_SETTINGS: Mapping[str, Mapping[str, str]] = {
 
 _MIN_DEAD_TUPLES = 50  # below this a dead-tuple ratio is noise (autovacuum's own base threshold)
 _MIN_ROWS_CHANGE = 1000  # fewer changed rows never justify rebuilding a vector index
-_EXACT_COUNT_LIMIT = 1_000_000  # above this, row counts come from the statistics
-_LEFTOVER_PATTERN = r"_cc(new|old)[0-9]*$"
-_REBUILD_SUFFIX = "_rebuild"
 
 
 def ivfflat_probes_for(lists: int) -> int:
     """pgvector's guidance: probes ≈ sqrt(lists), at least 1."""
     return max(1, round(math.sqrt(max(lists, 1))))
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 # --- reports ------------------------------------------------------------------------------------------
@@ -211,48 +189,10 @@ class AutoReport:
         return [a.action for a in self.actions]
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = _jsonable({"actions": [asdict(a) for a in self.actions], "dry_run": self.dry_run,
+        data: dict[str, Any] = jsonable({"actions": [asdict(a) for a in self.actions], "dry_run": self.dry_run,
                           "duration_ms": self.duration_ms, "skipped": self.skipped,
                           "observations": self.observations})
         return data
-
-
-# --- connections ----------------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def direct_connection(store: PgvectorMemoryStore, *, purpose: str, statement_timeout_ms: int = 0,
-                            maintenance_work_mem: str | None = None) -> AsyncIterator[asyncpg.Connection]:
-    """A short-lived connection outside the pool, with its own session settings.
-
-    Used for maintenance (no timeout, big ``maintenance_work_mem``) and monitoring (works when the pool
-    is exhausted, which is exactly when an operator runs ``doctor``).
-    """
-    pg = store.settings.postgres
-    try:
-        connection = await asyncpg.connect(**store.connect_params.as_kwargs(), timeout=pg.connect_timeout_s,
-                                           statement_cache_size=0,
-                                           server_settings={"application_name": f"oneiric-memory-{purpose}"})
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise translate_error(exc, f"opening a {purpose} connection") from exc
-    try:
-        await connection.execute("SELECT set_config('statement_timeout', $1, false)", str(int(statement_timeout_ms)))
-        if maintenance_work_mem is not None:
-            await connection.execute("SELECT set_config('maintenance_work_mem', $1, false)", maintenance_work_mem)
-        yield connection
-    finally:
-        await connection.close()
-
-
-async def count_embedded_rows(conn: asyncpg.Connection, store: PgvectorMemoryStore) -> int:
-    """Rows with an embedding: exact below 1M live rows, else live tuples minus pending (a full count would scan)."""
-    memories = store.table("memories")
-    live = await conn.fetchval(
-        "SELECT n_live_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'memories'", store.schema)
-    if live is None or int(live) < _EXACT_COUNT_LIMIT:
-        return int(await conn.fetchval(f"SELECT count(*) FROM {memories} WHERE embedding IS NOT NULL"))
-    pending = int(await conn.fetchval(f"SELECT count(*) FROM {memories} WHERE embedding IS NULL"))
-    return max(int(live) - pending, 0)
 
 
 # --- maintenance ------------------------------------------------------------------------------------------
@@ -281,21 +221,18 @@ class Maintenance:
         self._log = get_logger("oneiric_memory.maintenance", schema=self.schema)
 
     @asynccontextmanager
-    async def _session(self, *, lock: bool) -> AsyncIterator[asyncpg.Connection]:
-        async with direct_connection(self.store, purpose="maintenance", statement_timeout_ms=0,
-                                     maintenance_work_mem=self.settings.maintenance.maintenance_work_mem) as conn:
-            if lock:
-                got = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self._lock_key)
-                if not got:
-                    raise MaintenanceBusy(
-                        f"another maintenance run is working on schema {self.schema!r}; wait for it to finish "
-                        "(see pg_stat_activity, application_name 'oneiric-memory-maintenance')", schema=self.schema)
+    async def _session(self, *, lock: bool) -> AsyncIterator[DirectSession]:
+        async with direct_session(self.store, purpose="maintenance", statement_timeout_ms=0,
+                                  maintenance_work_mem=self.settings.maintenance.maintenance_work_mem) as conn:
+            if lock and not await conn.try_lock(self._lock_key):
+                raise MaintenanceBusy(
+                    f"another maintenance run is working on schema {self.schema!r}; wait for it to finish "
+                    "(see pg_stat_activity, application_name 'oneiric-memory-maintenance')", schema=self.schema)
             try:
                 yield conn
             finally:
                 if lock:  # closing the connection releases the lock too, so a broken connection is fine
-                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", self._lock_key)
+                    await conn.unlock(self._lock_key)
 
     # --- vacuum ---------------------------------------------------------------------------------------
 
@@ -320,28 +257,17 @@ class Maintenance:
             raise InvalidInput(f"unknown table(s) {unknown}: choose from {', '.join(PACKAGE_TABLES)}")
         return list(dict.fromkeys(tables))
 
-    async def _table_numbers(self, conn: asyncpg.Connection, names: Sequence[str]) -> dict[str, asyncpg.Record]:
-        rows = await conn.fetch(
-            """
-            SELECT c.relname AS name, pg_relation_size(c.oid) AS heap, pg_total_relation_size(c.oid) AS total,
-                   coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-            WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) AND c.relkind IN ('r', 'p')
-            """, self.schema, list(names))
-        return {r["name"]: r for r in rows}
-
-    async def _vacuum(self, conn: asyncpg.Connection, names: Sequence[str]) -> VacuumReport:
+    async def _vacuum(self, conn: DirectSession, names: Sequence[str]) -> VacuumReport:
         watch = Stopwatch()
-        before = await self._table_numbers(conn, names)
+        before = await conn.table_numbers(names)
         timings: dict[str, float] = {}
         for name in names:
             if name not in before:
                 continue
             table_watch = Stopwatch()
-            await conn.execute(f"VACUUM (ANALYZE) {self.store.table(name)}")
+            await conn.vacuum_analyze(name)
             timings[name] = table_watch.ms
-        after = await self._table_numbers(conn, names)
+        after = await conn.table_numbers(names)
         tables = [
             TableVacuum(table=name, dead_before=int(before[name]["dead"]), dead_after=int(after[name]["dead"]),
                         live_after=int(after[name]["live"]), heap_bytes_before=int(before[name]["heap"]),
@@ -356,7 +282,7 @@ class Maintenance:
         """Apply :data:`AUTOVACUUM_SETTINGS` with ``ALTER TABLE ... SET (...)``; only what differs is changed."""
         with span("maintain.autovacuum", schema=self.schema) as sp:
             async with self._session(lock=False) as conn:
-                current = await self._reloptions(conn)
+                current = await conn.reloptions()
                 changed: list[str] = []
                 for table, wanted in AUTOVACUUM_SETTINGS.items():
                     have = current.get(table)
@@ -364,32 +290,14 @@ class Maintenance:
                         continue
                     if all(_same_option(have.get(k), v) for k, v in wanted.items()):
                         continue
-                    assignments = ", ".join(f"{k} = {_option_literal(v)}" for k, v in wanted.items())
-                    async with conn.transaction():
-                        await conn.execute("SELECT set_config('lock_timeout', '10s', true)")
-                        await conn.execute(f"ALTER TABLE {self.store.table(table)} SET ({assignments})")
+                    await conn.set_reloptions(table, wanted)
                     changed.append(table)
-                after = await self._reloptions(conn)
+                after = await conn.reloptions()
             sp.set_attribute("changed", len(changed))
         applied = {table: {k: after.get(table, {}).get(k, "") for k in wanted}
                    for table, wanted in AUTOVACUUM_SETTINGS.items()}
         self._log.info("maintain-autovacuum", changed=changed)
         return AutovacuumReport(settings=applied, changed=changed)
-
-    async def _reloptions(self, conn: asyncpg.Connection) -> dict[str, dict[str, str]]:
-        rows = await conn.fetch(
-            "SELECT c.relname AS name, c.reloptions AS own, t.reloptions AS toast FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
-            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", self.schema)
-        result: dict[str, dict[str, str]] = {}
-        for row in rows:
-            options: dict[str, str] = {}
-            for prefix, values in (("", row["own"]), ("toast.", row["toast"])):
-                for item in values or []:
-                    key, _, value = str(item).partition("=")
-                    options[prefix + key] = value
-            result[str(row["name"])] = options
-        return result
 
     # --- reindex ------------------------------------------------------------------------------------------
 
@@ -416,95 +324,54 @@ class Maintenance:
                        duration_ms=round(report.duration_ms, 1))
         return report
 
-    async def _broken_indexes(self, conn: asyncpg.Connection) -> list[str]:
-        rows = await conn.fetch(
-            """
-            SELECT ic.relname AS name FROM pg_index i
-            JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class c ON c.oid = i.indrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = $1
-              AND (NOT i.indisvalid OR ic.relname ~ $2 OR ic.relname LIKE '%' || $3)
-              AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
-            ORDER BY ic.relname
-            """, self.schema, _LEFTOVER_PATTERN, _REBUILD_SUFFIX)
-        return [str(r["name"]) for r in rows]
-
-    async def _builds_in_progress(self, conn: asyncpg.Connection) -> int:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.relid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1", self.schema))
-
-    async def _vector_index(self, conn: asyncpg.Connection) -> tuple[str, str] | None:
-        row = await conn.fetchrow(
-            "SELECT ic.relname AS name, am.amname AS method FROM pg_index i "
-            "JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class c ON c.oid = i.indrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_am am ON am.oid = ic.relam "
-            "WHERE n.nspname = $1 AND c.relname = 'memories' AND am.amname IN ('hnsw', 'ivfflat') "
-            "AND i.indisvalid ORDER BY ic.relname LIMIT 1", self.schema)
-        return None if row is None else (str(row["name"]), str(row["method"]))
-
-    async def _drop_index(self, conn: asyncpg.Connection, name: str) -> None:
-        await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_quote(self.schema)}.{_quote(name)}")
-
-    async def _reindex(self, conn: asyncpg.Connection, *, index_type: str | None, lists: int | None,
+    async def _reindex(self, conn: DirectSession, *, index_type: str | None, lists: int | None,
                        apply_probes: bool) -> ReindexReport:
         watch = Stopwatch()
         pg = self.settings.postgres
         kind = index_type or pg.index_type
         dropped: list[str] = []
-        broken = await self._broken_indexes(conn)
-        if broken and await self._builds_in_progress(conn):
+        broken = await conn.broken_indexes()
+        if broken and await conn.builds_in_progress():
             raise MaintenanceBusy(
                 f"an index build is in progress on schema {self.schema!r} (pg_stat_progress_create_index); "
                 "retry when it has finished", schema=self.schema)
         for name in broken:
-            await self._drop_index(conn, name)
+            await conn.drop_index_concurrently(name)
             dropped.append(name)
-        memories = self.store.table("memories")
-        rows = await count_embedded_rows(conn, self.store)
-        existing = await self._vector_index(conn)
-        ops = f"{self.store.vector_type}_cosine_ops"
+        rows = await conn.count_embedded_rows()
+        existing = await conn.vector_index()
         if kind == "hnsw":
             if existing is not None and existing[1] == "hnsw":
                 name = existing[0]
-                await conn.execute(f"REINDEX INDEX CONCURRENTLY {_quote(self.schema)}.{_quote(name)}")
+                await conn.reindex_concurrently(name)
                 action: Literal["reindexed", "created", "skipped"] = "reindexed"
             else:
                 name = "memories_embedding_hnsw"
-                await conn.execute(
-                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_quote(name)} ON {memories} USING hnsw "
-                    f"(embedding {ops}) WITH (m = {int(pg.hnsw_m)}, ef_construction = {int(pg.hnsw_ef_construction)})")
+                await conn.create_hnsw_concurrently(name, m=pg.hnsw_m, ef_construction=pg.hnsw_ef_construction)
                 if existing is not None:
-                    await self._drop_index(conn, existing[0])
+                    await conn.drop_index_concurrently(existing[0])
                 action = "created"
-            await self._record_build(conn, rows)
+            await conn.record_index_build(rows)
             return ReindexReport(action=action, index=name, method="hnsw", rows=rows, dropped=dropped,
                                  duration_ms=round(watch.ms, 3))
         if rows == 0:
             return ReindexReport(action="skipped", index=existing[0] if existing else None, method="ivfflat", rows=0,
                                  dropped=dropped, duration_ms=round(watch.ms, 3),
                                  reason="no stored embeddings: an IVFFlat index built on no rows clusters nothing")
-        chosen = lists or _ivfflat_lists_for(rows)
+        chosen = lists or ivfflat_lists_for(rows)
         probes = ivfflat_probes_for(chosen)
         name = "memories_embedding_ivfflat"
-        temporary = name + _REBUILD_SUFFIX
-        await conn.execute(
-            f"CREATE INDEX CONCURRENTLY {_quote(temporary)} ON {memories} USING ivfflat (embedding {ops}) "
-            f"WITH (lists = {int(chosen)})")
+        temporary = name + REBUILD_SUFFIX
+        await conn.create_ivfflat_concurrently(temporary, lists=chosen)
         if existing is not None:
-            await self._drop_index(conn, existing[0])
-        await conn.execute(f"ALTER INDEX {_quote(self.schema)}.{_quote(temporary)} RENAME TO {_quote(name)}")
-        await self._record_build(conn, rows)
+            await conn.drop_index_concurrently(existing[0])
+        await conn.rename_index(temporary, name)
+        await conn.record_index_build(rows)
         if apply_probes:
             self.settings.search.ivfflat_probes = probes
         return ReindexReport(action="reindexed" if existing else "created", index=name, method="ivfflat", rows=rows,
                              dropped=dropped, duration_ms=round(watch.ms, 3), lists=chosen, probes=probes,
                              probes_applied=apply_probes)
-
-    async def _record_build(self, conn: asyncpg.Connection, rows: int) -> None:
-        await conn.execute(
-            f"UPDATE {self.store.table('embedding_meta')} SET index_built_rows = $1, index_built_at = now(), "
-            "updated_at = now()", rows)
 
     # --- expire ----------------------------------------------------------------------------------------------
 
@@ -513,20 +380,10 @@ class Maintenance:
         size = batch_size if batch_size is not None else self.settings.maintenance.expire_batch_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidInput("batch_size must be a positive integer")
-        memories = self.store.table("memories")
-        sql = (f"DELETE FROM {memories} t USING (SELECT project, id FROM {memories} WHERE expires_at <= now() "
-               "ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) x WHERE t.project = x.project AND t.id = x.id")
         deleted = batches = 0
         with span("maintain.expire", schema=self.schema, batch_size=size) as sp:
             while max_batches is None or batches < max_batches:
-                async with self.store.gate.acquire() as conn:
-                    try:
-                        status = await conn.execute(sql, size)
-                    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                        raise translate_error(exc, "expiring memories") from exc
-                    count = int(status.split()[-1])
-                    if count:
-                        await _flush_statistics(conn)
+                count = await self.store.expire_batch(size)
                 deleted += count
                 batches += 1
                 if count < size:
@@ -539,19 +396,17 @@ class Maintenance:
 
     # --- auto ---------------------------------------------------------------------------------------------
 
-    async def _observe(self, conn: asyncpg.Connection) -> _Observed:
-        memories = self.store.table("memories")
-        meta = await conn.fetchrow(
-            f"SELECT index_built_rows, index_built_at FROM {self.store.table('embedding_meta')}")
-        rows = await count_embedded_rows(conn, self.store)
-        expired = int(await conn.fetchval(f"SELECT count(*) FROM {memories} WHERE expires_at <= now()"))
-        vector = await self._vector_index(conn)
-        numbers = await self._table_numbers(conn, PACKAGE_TABLES)
+    async def _observe(self, conn: DirectSession) -> _Observed:
+        meta = await conn.index_build()
+        rows = await conn.count_embedded_rows()
+        expired = await conn.count_expired()
+        vector = await conn.vector_index()
+        numbers = await conn.table_numbers(PACKAGE_TABLES)
         return _Observed(
             rows=rows, built_rows=int(meta["index_built_rows"]) if meta else 0,
             built_at=meta["index_built_at"] if meta else None, expired=expired,
             vector_index=vector[0] if vector else None, vector_method=vector[1] if vector else None,
-            broken=await self._broken_indexes(conn),
+            broken=await conn.broken_indexes(),
             tables={name: (int(r["live"]), int(r["dead"])) for name, r in numbers.items()})
 
     def _reindex_reason(self, seen: _Observed, rows_after: int) -> str | None:
@@ -607,7 +462,7 @@ class Maintenance:
                        duration_ms=round(report.duration_ms, 1))
         return report
 
-    async def _auto(self, conn: asyncpg.Connection, actions: list[ActionRecord], observations: dict[str, Any], *,
+    async def _auto(self, conn: DirectSession, actions: list[ActionRecord], observations: dict[str, Any], *,
                     dry_run: bool, run_canary: bool) -> None:
         seen = await self._observe(conn)
         observations.update({
@@ -626,7 +481,7 @@ class Maintenance:
         if dry_run:
             rows_after = max(seen.rows - expired_deleted, 0)
         else:
-            rows_after = await count_embedded_rows(conn, self.store)
+            rows_after = await conn.count_embedded_rows()
         reason_reindex = self._reindex_reason(seen, rows_after)
         if reason_reindex is None and run_canary and seen.vector_index is not None \
                 and rows_after > self.settings.maintenance.canary_k:
@@ -661,20 +516,6 @@ class Maintenance:
         return None
 
 
-def _ivfflat_lists_for(rows: int) -> int:
-    from oneiric_memory.adapters.pgvector import ivfflat_lists_for
-
-    return ivfflat_lists_for(rows)
-
-
-async def _flush_statistics(conn: asyncpg.Connection) -> None:
-    """Publish this backend's pending table statistics now (PG 15+), so dead tuples show at once."""
-    if conn.get_server_version().major < 15:
-        return
-    with contextlib.suppress(asyncpg.PostgresError):  # not permitted for this role: stats arrive within seconds
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-
-
 def _same_option(have: str | None, want: str) -> bool:
     if have is None:
         return False
@@ -682,14 +523,6 @@ def _same_option(have: str | None, want: str) -> bool:
         return math.isclose(float(have), float(want))
     except ValueError:
         return have == want
-
-
-def _option_literal(value: str) -> str:
-    try:
-        float(value)
-    except ValueError:
-        return "'" + value.replace("'", "''") + "'"
-    return value
 
 
 # --- periodic runner ------------------------------------------------------------------------------------

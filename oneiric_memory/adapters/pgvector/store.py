@@ -15,7 +15,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,8 +29,10 @@ from oneiric_memory.adapters.pgvector.connection import (
     create_pool,
     is_transient,
     run_with_retries,
+    translate_error,
     wait_closed,
 )
+from oneiric_memory.adapters.pgvector.direct import DirectSession, direct_session, flush_statistics
 from oneiric_memory.adapters.pgvector.gauges import register_metrics
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta, quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
@@ -697,6 +699,72 @@ class PgvectorMemoryStore:
         row = await run_with_retries(self.settings.postgres, "reading access statistics", run)
         return None if row is None else (int(row["access_count"]), row["last_accessed_at"])
 
+    # --- operations (maintenance, monitoring) ------------------------------------------------------
+
+    def direct_session(self, *, purpose: str, statement_timeout_ms: int = 0,
+                       maintenance_work_mem: str | None = None) -> AbstractAsyncContextManager[DirectSession]:
+        """A connection outside the pool with named maintenance/monitoring statements (see :mod:`.direct`)."""
+        return direct_session(self, purpose=purpose, statement_timeout_ms=statement_timeout_ms,
+                              maintenance_work_mem=maintenance_work_mem)
+
+    async def expire_batch(self, size: int) -> int:
+        """Delete up to ``size`` memories past ``expires_at`` in one short transaction; returns rows deleted."""
+        memories = self.table("memories")
+        async with self.gate.acquire() as connection:
+            try:
+                status = await connection.execute(
+                    f"DELETE FROM {memories} t USING (SELECT project, id FROM {memories} WHERE expires_at <= now() "
+                    "ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) x WHERE t.project = x.project "
+                    "AND t.id = x.id", size)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                raise translate_error(exc, "expiring memories") from exc
+            count = int(status.split()[-1])
+            if count:
+                await flush_statistics(connection)
+        return count
+
+    async def canary_sample(self, queries: int, *, seed: float | None = None) -> tuple[str | None, list[list[float]]]:
+        """The valid vector index's method (None without one) and up to ``queries`` stored live vectors.
+
+        Large tables are sampled by page (``TABLESAMPLE SYSTEM``, widened until enough rows come back) rather
+        than sorted by ``random()``. ``seed`` in [-1, 1] makes the small-table sample repeatable.
+        """
+        memories = self.table("memories")
+        async with self.gate.acquire() as conn:
+            method = await conn.fetchval(
+                "SELECT am.amname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+                "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_am am ON am.oid = ic.relam WHERE n.nspname = $1 AND c.relname = 'memories' "
+                "AND am.amname IN ('hnsw', 'ivfflat') AND i.indisvalid LIMIT 1", self.schema)
+            estimate = await conn.fetchval(
+                "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = $1 AND c.relname = 'memories'", self.schema)
+            if seed is not None:
+                await conn.execute("SELECT setseed($1)", seed)
+            if estimate is not None and float(estimate) > 100_000:  # avoid sorting a large table by random()
+                percent = min(100.0, 100.0 * max(queries * 20, 1000) / float(estimate))
+                rows: list[asyncpg.Record] = []
+                while True:  # widen the page sample until it yields enough rows
+                    rows = await conn.fetch(
+                        f"SELECT m.embedding::text AS v FROM {memories} m TABLESAMPLE SYSTEM ({percent:.6f}) "
+                        f"WHERE {_LIVE_EMBEDDED} LIMIT {int(queries)}")
+                    if len(rows) >= queries or percent >= 100.0:
+                        break
+                    percent = min(100.0, percent * 10)
+            else:
+                rows = await conn.fetch(
+                    f"SELECT m.embedding::text AS v FROM {memories} m WHERE {_LIVE_EMBEDDED} ORDER BY random() "
+                    f"LIMIT {int(queries)}")
+        return (None if method is None else str(method)), [_parse_vector(r["v"]) for r in rows]
+
+    async def exact_neighbours(self, vector: Sequence[float], k: int) -> set[uuid.UUID]:
+        """Ids of the ``k`` nearest live memories by an exact scan (``distance + 0`` defeats every index)."""
+        async with self.gate.acquire() as conn, conn.transaction(readonly=True):
+            rows = await conn.fetch(
+                f"SELECT m.id FROM {self.table('memories')} m WHERE {_LIVE_EMBEDDED} "
+                f"ORDER BY (m.embedding <=> $1::{self._vector_sql_type()}) + 0, m.id LIMIT $2", list(vector), k)
+        return {r["id"] for r in rows}
+
     # --- search --------------------------------------------------------------------------------------
     #
     # One search = one read-only transaction on one pooled connection:
@@ -1116,6 +1184,13 @@ def _check_search_knobs(*, ef_search: int | None = None, vector_weight: float | 
     if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                   or not math.isfinite(min_score)):
         raise InvalidInput("min_score must be a finite number")
+
+
+_LIVE_EMBEDDED = "m.embedding IS NOT NULL AND (m.expires_at IS NULL OR m.expires_at > now())"
+
+
+def _parse_vector(text: str) -> list[float]:
+    return [float(x) for x in text.strip("[]").split(",") if x]
 
 
 def ivfflat_lists_for(rows: int) -> int:
