@@ -15,11 +15,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from oneiric_memory.adapters.pgvector.gauges import gauge_values
-from oneiric_memory.errors import StoreError
-from oneiric_memory.insights import Insight
+from oneiric_memory.adapters.pgvector.outbox import ClaimedInsight, OutboxClaim, OutboxStatus
 from oneiric_memory.observability import INSTRUMENTS, get_logger, span
 from oneiric_memory.protocols import InsightSink
 from oneiric_memory.settings import SessionBuddySettings
@@ -46,23 +45,9 @@ class RelayReport:
         return self.delivered + self.failed_attempts
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    pending: int
-    due: int
-    failed: int
-    delivered: int
-    oldest_pending_age_s: float | None
-    last_error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pending": self.pending, "due": self.due, "failed": self.failed, "delivered": self.delivered,
-                "oldest_pending_age_s": self.oldest_pending_age_s, "last_error": self.last_error}
-
-
 def _feed_gauges(store: PgvectorMemoryStore, status: OutboxStatus) -> None:
-    """Refresh the ``oneiric_memory.outbox.backlog`` / ``.oldest_age`` gauges (registered by ``monitoring``
-    for every store; they report the values cached here, since a gauge callback cannot run SQL)."""
+    """Refresh the ``oneiric_memory.outbox.backlog`` / ``.oldest_age`` gauges (registered by the store for
+    itself; they report the values cached here, since a gauge callback cannot run SQL)."""
     cached = gauge_values(store)
     cached.outbox_pending = status.pending
     cached.outbox_failed = status.failed
@@ -92,22 +77,17 @@ class OutboxRelay:
         report = RelayReport()
         if sink is None:
             return report
-        outbox = store.table("insight_outbox")
         limit = limit or self.settings.relay_batch_size
         with span("deliver", limit=limit) as current:
-            async with store.gate.acquire() as connection, connection.transaction():
-                rows = await connection.fetch(
-                    f"SELECT project, insight_id, memory_id, content, insight_type, topics, attempts FROM {outbox} "
-                    "WHERE status = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at, created_at "
-                    "LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
-                if rows:
+            async with store.outbox.claim(limit) as claim:
+                if claim.items:
                     async with contextlib.AsyncExitStack() as stack:
                         open_error = await self._open_batch(sink, stack)
                         started = time.monotonic()
-                        for row in rows:
+                        for item in claim.items:
                             if time.monotonic() - started > CLAIM_BUDGET_S:
                                 break  # the rest stay due, untouched, for the next round
-                            await self._deliver_row(connection, outbox, sink, row, open_error, report)
+                            await self._deliver_one(claim, item, sink, open_error, report)
             current.set_attribute("delivered", report.delivered)
             current.set_attribute("failed", report.failed_attempts)
         if report.errors:
@@ -127,36 +107,24 @@ class OutboxRelay:
             return exc
         return None
 
-    async def _deliver_row(self, connection: Any, outbox: str, sink: InsightSink, row: Any,
+    async def _deliver_one(self, claim: OutboxClaim, item: ClaimedInsight, sink: InsightSink,
                            open_error: Exception | None, report: RelayReport) -> None:
-        delivery = Insight(
-            insight_id=row["insight_id"], content=row["content"], insight_type=row["insight_type"],
-            topics=tuple(row["topics"] or ()), project=row["project"],
-            memory_id=str(row["memory_id"]) if row["memory_id"] else None)
         try:
             if open_error is not None:
                 raise open_error
             async with asyncio.timeout(self.settings.timeout_s * 2):
-                reference = await sink.deliver(delivery)
+                reference = await sink.deliver(item.insight)
         except Exception as exc:
-            attempts = int(row["attempts"]) + 1
+            attempts = item.attempts + 1
             give_up = attempts >= self.settings.max_attempts
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            await connection.execute(
-                f"UPDATE {outbox} SET attempts = $3, last_error = $4, status = $5, "
-                "next_attempt_at = now() + make_interval(secs => $6) "
-                "WHERE project = $1 AND insight_id = $2",
-                row["project"], row["insight_id"], attempts, error,
-                "failed" if give_up else "pending", self._backoff_s(attempts))
+            await claim.failed(item, error=error, give_up=give_up, retry_in_s=self._backoff_s(attempts))
             report.failed_attempts += 1
             report.gave_up += int(give_up)
             report.errors.append(error)
             INSTRUMENTS.insights_failed.add(1)
             return
-        await connection.execute(
-            f"UPDATE {outbox} SET status = 'delivered', delivered_at = now(), delivered_ref = $3, "
-            "attempts = attempts + 1, last_error = NULL WHERE project = $1 AND insight_id = $2",
-            row["project"], row["insight_id"], str(reference))
+        await claim.delivered(item, str(reference))
         report.delivered += 1
         INSTRUMENTS.insights_delivered.add(1)
 
@@ -174,43 +142,12 @@ class OutboxRelay:
         return total
 
     async def status(self) -> OutboxStatus:
+        """The outbox counts (and the backlog gauges refreshed from them)."""
         store = self._store()
-        async with store.gate.acquire() as connection:
-            row = await connection.fetchrow(
-                "SELECT count(*) FILTER (WHERE status = 'pending') AS pending, "
-                "count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS due, "
-                "count(*) FILTER (WHERE status = 'failed') AS failed, "
-                "count(*) FILTER (WHERE status = 'delivered') AS delivered, "
-                "extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8 AS oldest, "
-                "(SELECT last_error FROM " + store.table("insight_outbox") + " WHERE last_error IS NOT NULL "
-                "ORDER BY next_attempt_at DESC LIMIT 1) AS last_error "
-                f"FROM {store.table('insight_outbox')}")
-        assert row is not None
-        self.last_status = OutboxStatus(
-            pending=int(row["pending"]), due=int(row["due"]), failed=int(row["failed"]),
-            delivered=int(row["delivered"]), oldest_pending_age_s=row["oldest"], last_error=row["last_error"])
+        self.last_status = await store.outbox.status()
         _feed_gauges(store, self.last_status)
         return self.last_status
 
     async def retry_failed(self) -> int:
         """Put ``failed`` rows back in the queue (after fixing the cause)."""
-        store = self._store()
-        async with store.gate.acquire() as connection:
-            result = await connection.execute(
-                f"UPDATE {store.table('insight_outbox')} SET status = 'pending', attempts = 0, "
-                "next_attempt_at = now() WHERE status = 'failed'")
-        return int(result.split()[-1])
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Background loop for the coordinator: deliver, sleep, repeat until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                report = await self.deliver_due()
-                if report.delivered and report.delivered == report.attempted:
-                    continue  # more may be due right away
-            except (StoreError, OSError) as exc:
-                self._log.warning("outbox-relay-error", error=type(exc).__name__)
-            except Exception as exc:  # keep the loop alive; the next round retries
-                self._log.error("outbox-relay-crashed", error=type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.settings.relay_interval_s)
+        return await self._store().outbox.retry_failed()

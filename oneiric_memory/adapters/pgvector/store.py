@@ -34,6 +34,8 @@ from oneiric_memory.adapters.pgvector.connection import (
 )
 from oneiric_memory.adapters.pgvector.direct import DirectSession, direct_session, flush_statistics
 from oneiric_memory.adapters.pgvector.gauges import register_metrics
+from oneiric_memory.adapters.pgvector.migration_ledger import MigrationLedger
+from oneiric_memory.adapters.pgvector.outbox import OutboxQueue
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta, quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
     Params,
@@ -147,6 +149,16 @@ class PgvectorMemoryStore:
         if self._params is None:
             raise StoreError("the store is not initialized: await store.init()")
         return self._params
+
+    @property
+    def outbox(self) -> OutboxQueue:
+        """The insight outbox as a queue (claim, record outcomes, status, requeue)."""
+        return OutboxQueue(self)
+
+    @property
+    def migration_ledger(self) -> MigrationLedger:
+        """The DuckDB migration's runs, items and checkpoints (and its rollback)."""
+        return MigrationLedger(self)
 
     def table(self, name: str) -> str:
         """Schema-qualified name of one of this package's tables (fixed names, validated schema)."""

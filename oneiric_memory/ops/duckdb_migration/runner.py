@@ -49,13 +49,11 @@ import asyncpg
 import duckdb
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-from oneiric_memory.adapters.pgvector.connection import connect_once
 from oneiric_memory.errors import (
     EmbedderError,
     EmbedderUnavailable,
     InvalidInput,
     SourceLocked,
-    StoreError,
 )
 from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder
@@ -91,9 +89,6 @@ _MAX_RAW_CHARS = 10_000
 _MAX_ID_CHARS = 512
 _EMBED_RETRY_S = 30.0
 _LOOKUP_CHUNK = 1000
-_ASYNC_COMMIT = "SELECT set_config('synchronous_commit', 'off', true)"
-"""For items and checkpoints only: losing the last few on a crash just makes the resume redo them (the memories
-themselves are committed synchronously by the store and carry their source key)."""
 _RESERVED_SOURCE_KEYS = frozenset({"system", "file_id", "file", "table", "id", "run_id", "sanitized"})
 
 _Kind = Literal["conversation", "reflection", "entity", "relation"]
@@ -844,9 +839,6 @@ class DuckDBMigration:
 
     # --- small helpers ---------------------------------------------------------------------------------
 
-    def _t(self, name: str) -> str:
-        return self.store.table(name)
-
     @staticmethod
     def _file_ids(path: Path, kg_path: Path | None, source_id: str | None) -> tuple[str, str | None]:
         main = source_id or str(path.resolve())
@@ -975,7 +967,7 @@ class DuckDBMigration:
                     report = await self._dry_run(inventory, specs, mapper, main_id, kg_id, project)
                     report.elapsed_s = time.perf_counter() - started
                     return report
-                async with self._advisory_lock([main_id], target):
+                async with self.store.migration_ledger.source_lock([main_id], target):
                     report = await self._run_locked(
                         sources, inventory, specs, mapper, target, project, batch_size, workers, progress, bulk)
             report.elapsed_s = time.perf_counter() - started
@@ -1017,7 +1009,7 @@ class DuckDBMigration:
         job = _Job(run_id=run_id, target=target, mapper=mapper, batch_size=batch_size, concurrency=workers,
                    progress=progress, reports=reports)
         total_rows = inventory.rows_to_migrate
-        use_bulk = bulk if bulk is not None else (total_rows > BULK_LOAD_ROWS or await self._target_empty())
+        use_bulk = bulk if bulk is not None else (total_rows > BULK_LOAD_ROWS or await self.store.migration_ledger.target_empty())
         self._log.info("migration-started", run_id=str(run_id), resumed=resumed, tables=len(specs),
                        rows=total_rows, bulk_load=use_bulk, batch_size=batch_size, concurrency=workers)
         try:
@@ -1039,62 +1031,20 @@ class DuckDBMigration:
             embedding_model=self.embedder.model_id, tables=list(reports.values()), issues=job.issues,
             issues_omitted=job.issues_omitted, inventory=inventory)
 
-    async def _target_empty(self) -> bool:
-        async with self.store.gate.acquire() as connection:
-            return not bool(await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self._t('memories')})"))
-
-    @asynccontextmanager
-    async def _advisory_lock(self, file_ids: Sequence[str], target: str) -> AsyncIterator[None]:
-        """One migration (or rollback) per source and target at a time, across processes."""
-        connection = await connect_once(self.store.connect_params, self.settings.postgres)
-        try:
-            keys = [f"oneiric_memory.migrate-duckdb:{self.store.schema}:{target}:{file_id}" for file_id in file_ids]
-            for key in keys:
-                if not await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
-                    raise StoreError(
-                        f"another migrate-duckdb run or rollback of {file_ids[0]} into schema {self.store.schema!r} "
-                        "is in progress: wait for it to finish", source_file_id=file_ids[0])
-            yield
-        finally:
-            await connection.close()  # session-level advisory locks end with the session
-
     async def _start_run(self, main: _DuckDBSource, kg: _DuckDBSource | None, digests: Sequence[str],
                          project: str | None, batch_size: int, workers: int) -> tuple[uuid.UUID, bool]:
-        options = json.dumps({"batch_size": batch_size, "concurrency": workers, "embedding_model":
-                              self.embedder.model_id, "pid": os.getpid()})
-        runs = self._t("migration_runs")
-        async with self.store.gate.acquire() as connection, connection.transaction():
-            row = await connection.fetchrow(
-                f"SELECT run_id, counts FROM {runs} WHERE source_file_id = $1 AND kg_file_id IS NOT DISTINCT FROM $2 "
-                "AND project IS NOT DISTINCT FROM $3 AND status IN ('running', 'failed') "
-                "ORDER BY started_at DESC LIMIT 1 FOR UPDATE", main.file_id, None if kg is None else kg.file_id,
-                project)
-            values = (str(main.path), main.file_id, digests[0], main.size(),
-                      None if kg is None else str(kg.path), None if kg is None else kg.file_id,
-                      None if kg is None else digests[1], None if kg is None else kg.size(), project, options)
-            if row is not None:
-                await connection.execute(
-                    f"UPDATE {runs} SET source_path = $2, source_file_id = $3, source_sha256 = $4, source_size = $5, "
-                    "kg_path = $6, kg_file_id = $7, kg_sha256 = $8, kg_size = $9, project = $10, "
-                    "options = $11::text::jsonb, status = 'running', error = NULL, finished_at = NULL, "
-                    "updated_at = now() WHERE run_id = $1", row["run_id"], *values)
-                return row["run_id"], True
-            run_id = uuid.uuid4()
-            await connection.execute(
-                f"INSERT INTO {runs} (run_id, source_path, source_file_id, source_sha256, source_size, kg_path, "
-                "kg_file_id, kg_sha256, kg_size, project, options) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb)", run_id, *values)
-        return run_id, False
+        options = {"batch_size": batch_size, "concurrency": workers, "embedding_model": self.embedder.model_id,
+                   "pid": os.getpid()}
+        return await self.store.migration_ledger.start_run(
+            source=(str(main.path), main.file_id, digests[0], main.size()),
+            kg=None if kg is None else (str(kg.path), kg.file_id, digests[1], kg.size()),
+            project=project, options=options)
 
     async def _finish_run(self, job: _Job, status: str, error: str | None) -> None:
         counts = {"tables": {name: asdict(report) for name, report in job.reports.items()},
                   "issues": [asdict(issue) for issue in job.issues[:100]], "issues_total":
                   len(job.issues) + job.issues_omitted}
-        async with self.store.gate.acquire() as connection:
-            await connection.execute(
-                f"UPDATE {self._t('migration_runs')} SET status = $2, error = $3, counts = $4::text::jsonb, "
-                "updated_at = now(), finished_at = now() WHERE run_id = $1", job.run_id, status, error,
-                json.dumps(counts))
+        await self.store.migration_ledger.finish_run(job.run_id, status, error, counts)
 
     async def _finish_run_quietly(self, job: _Job, specs: list[tuple[_TableSpec, _DuckDBSource]],
                                   exc: BaseException) -> None:
@@ -1112,19 +1062,10 @@ class DuckDBMigration:
 
     async def _done_keys(self, spec: _TableSpec) -> set[tuple[str, str]]:
         """(project, source id) of rows already migrated whose memory still exists."""
-        async with self.store.gate.acquire() as connection:
-            rows = await connection.fetch(
-                f"SELECT i.project, i.source_id FROM {self._t('migration_items')} i JOIN {self._t('memories')} m "
-                "ON m.project = i.project AND m.id = i.memory_id WHERE i.source_file_id = $1 AND i.source_table = $2 "
-                "AND i.status = 'migrated'", spec.file_id, spec.name)
-        return {(r["project"], r["source_id"]) for r in rows}
+        return await self.store.migration_ledger.done_keys(spec.file_id, spec.name)
 
     async def _checkpoint(self, job: _Job, spec: _TableSpec) -> tuple[str | None, int]:
-        async with self.store.gate.acquire() as connection:
-            row = await connection.fetchrow(
-                f"SELECT last_source_id, rows_done FROM {self._t('migration_checkpoints')} WHERE target_project = $1 "
-                "AND source_file_id = $2 AND source_table = $3", job.target, spec.file_id, spec.name)
-        return (None, 0) if row is None else (row["last_source_id"], int(row["rows_done"]))
+        return await self.store.migration_ledger.checkpoint(job.target, spec.file_id, spec.name)
 
     async def _migrate_table(self, job: _Job, spec: _TableSpec, source: _DuckDBSource) -> None:
         report = job.reports[spec.name]
@@ -1257,65 +1198,25 @@ class DuckDBMigration:
                 payload.append({"project": item.project, "source_id": item.source_id, "memory_id": None,
                                 "memory_type": None, "content_hash": None, "inserted": False, "status": "skipped",
                                 "reason": (item.reason or "")[:1000]})
-        items, memories = self._t("migration_items"), self._t("memories")
-        # A row counts as inserted by this run also when an earlier, crashed attempt of the same run inserted
-        # its memory but died before writing the item: the memory then carries exactly this source key.
-        sql = (
-            f"INSERT INTO {items} AS i (project, source_file_id, source_table, source_id, run_id, memory_id, "
-            "memory_type, content_hash, inserted, status, reason) "
-            "SELECT x.project, $2, $3, x.source_id, $4::uuid, x.memory_id, x.memory_type, x.content_hash, "
-            f"x.inserted OR (x.memory_id IS NOT NULL AND EXISTS (SELECT 1 FROM {memories} m WHERE "
-            "m.project = x.project AND m.id = x.memory_id AND m.metadata @> jsonb_build_object('source', "
-            "jsonb_build_object('run_id', $4::text, 'file_id', $2::text, 'table', $3::text, 'id', x.source_id)))), "
-            "x.status, x.reason FROM jsonb_to_recordset($1::text::jsonb) AS x(project text, source_id text, "
-            "memory_id uuid, memory_type text, content_hash text, inserted boolean, status text, reason text) "
-            "ON CONFLICT (project, source_file_id, source_table, source_id) DO UPDATE SET run_id = EXCLUDED.run_id, "
-            "memory_id = EXCLUDED.memory_id, memory_type = EXCLUDED.memory_type, "
-            "content_hash = EXCLUDED.content_hash, inserted = EXCLUDED.inserted, status = EXCLUDED.status, "
-            "reason = EXCLUDED.reason, created_at = now() "
-            f"WHERE i.status = 'skipped' OR i.run_id = EXCLUDED.run_id OR NOT EXISTS (SELECT 1 FROM {memories} m "
-            "WHERE m.project = i.project AND m.id = i.memory_id)")
-        async with self.store.gate.acquire() as connection, connection.transaction():
-            await connection.execute(_ASYNC_COMMIT)
-            await connection.execute(sql, json.dumps(payload), spec.file_id, spec.name, str(job.run_id))
+        await self.store.migration_ledger.write_items(job.run_id, spec.file_id, spec.name, payload)
 
     async def _write_checkpoint(self, job: _Job, spec: _TableSpec, last_id: str, rows_done: int) -> None:
-        counts = json.dumps({"tables": {name: asdict(report) for name, report in job.reports.items()}})
-        async with self.store.gate.acquire() as connection, connection.transaction():
-            await connection.execute(_ASYNC_COMMIT)
-            await connection.execute(
-                f"INSERT INTO {self._t('migration_checkpoints')} AS c (target_project, source_file_id, source_table, "
-                "last_source_id, rows_done, run_id) VALUES ($1, $2, $3, $4, $5, $6) "
-                "ON CONFLICT (target_project, source_file_id, source_table) DO UPDATE SET "
-                "last_source_id = EXCLUDED.last_source_id, rows_done = EXCLUDED.rows_done, run_id = EXCLUDED.run_id, "
-                "updated_at = now()", job.target, spec.file_id, spec.name, last_id, rows_done, job.run_id)
-            await connection.execute(
-                f"UPDATE {self._t('migration_runs')} SET counts = counts || $2::text::jsonb, updated_at = now() "
-                "WHERE run_id = $1", job.run_id, counts)
+        counts = {"tables": {name: asdict(report) for name, report in job.reports.items()}}
+        await self.store.migration_ledger.write_checkpoint(job.run_id, job.target, spec.file_id, spec.name, last_id,
+                                                           rows_done, counts)
 
     async def _final_counts(self, job: _Job, specs: list[tuple[_TableSpec, _DuckDBSource]]) -> None:
         """Exact per-table numbers from migration_items (which survive crashes), so a resumed run is exact."""
-        async with self.store.gate.acquire() as connection:
-            for spec, _ in specs:
-                row = await connection.fetchrow(
-                    f"SELECT count(*) FILTER (WHERE i.run_id = $3 AND i.inserted) AS added, "
-                    "count(*) FILTER (WHERE i.run_id = $3 AND i.status = 'migrated' AND NOT i.inserted) AS dedup, "
-                    "count(*) FILTER (WHERE i.run_id = $3 AND i.status = 'skipped') AS errors, "
-                    "count(*) FILTER (WHERE i.run_id = $3 AND i.inserted AND m.id IS NOT NULL "
-                    "AND m.embedding IS NULL) AS pending, "
-                    "count(*) FILTER (WHERE i.status = 'migrated' AND m.id IS NOT NULL AND r.project IS NOT DISTINCT "
-                    "FROM $4) AS target_rows "
-                    f"FROM {self._t('migration_items')} i JOIN {self._t('migration_runs')} r ON r.run_id = i.run_id "
-                    f"LEFT JOIN {self._t('memories')} m ON m.project = i.project AND m.id = i.memory_id "
-                    "WHERE i.source_file_id = $1 AND i.source_table = $2",
-                    spec.file_id, spec.name, job.run_id, job.mapper.project)
-                report = job.reports[spec.name]
-                if row is not None:
-                    report.added = int(row["added"])
-                    report.deduplicated = int(row["dedup"])
-                    report.errors = int(row["errors"]) + job.keyless.get(spec.name, 0)
-                    report.pending_embeddings = int(row["pending"])
-                    report.target_rows = int(row["target_rows"])
+        for spec, _ in specs:
+            row = await self.store.migration_ledger.table_counts(job.run_id, spec.file_id, spec.name,
+                                                                 job.mapper.project)
+            report = job.reports[spec.name]
+            if row is not None:
+                report.added = int(row["added"])
+                report.deduplicated = int(row["dedup"])
+                report.errors = int(row["errors"]) + job.keyless.get(spec.name, 0)
+                report.pending_embeddings = int(row["pending"])
+                report.target_rows = int(row["target_rows"])
 
     # --- validate ---------------------------------------------------------------------------------------
 
@@ -1325,8 +1226,7 @@ class DuckDBMigration:
         except ValueError:
             raise InvalidInput(f"{str(run_id)[:64]!r} is not a run id (UUID): list runs with "
                                "`oneiric-memory migrate-duckdb --list`") from None
-        async with self.store.gate.acquire() as connection:
-            row = await connection.fetchrow(f"SELECT * FROM {self._t('migration_runs')} WHERE run_id = $1", parsed)
+        row = await self.store.migration_ledger.run(parsed)
         if row is None:
             raise InvalidInput(f"no migration run {parsed} in schema {self.store.schema!r}: list runs with "
                                "`oneiric-memory migrate-duckdb --list`", run_id=str(parsed))
@@ -1375,13 +1275,7 @@ class DuckDBMigration:
         result.unkeyed = nulls + (len(keys) - len(expected))
         if result.unkeyed:
             warnings.append(f"{spec.name}: {result.unkeyed} source row(s) have no id or a duplicate id")
-        async with self.store.gate.acquire() as connection:
-            rows = await connection.fetch(
-                f"SELECT i.project, i.source_id, i.status, i.reason, i.memory_id, i.memory_type, i.content_hash, "
-                f"(m.id IS NOT NULL) AS present, r.project AS run_project FROM {self._t('migration_items')} i "
-                f"JOIN {self._t('migration_runs')} r ON r.run_id = i.run_id LEFT JOIN {self._t('memories')} m "
-                "ON m.project = i.project AND m.id = i.memory_id WHERE i.source_file_id = $1 AND i.source_table = $2",
-                spec.file_id, spec.name)
+        rows = await self.store.migration_ledger.table_items(spec.file_id, spec.name)
         items = {(r["project"], r["source_id"]): r for r in rows}
         for sid, project in expected.items():
             item = items.get((project, sid))
@@ -1431,11 +1325,8 @@ class DuckDBMigration:
             mapped = mapper.map(spec, row, ctx, None)
             item = items[(expected[mapped.source_id], mapped.source_id)]
             wanted.append((mapped.source_id, mapped, item))
-        async with self.store.gate.acquire() as connection:
-            stored = await connection.fetch(
-                f"SELECT project, id, memory_type, content FROM {self._t('memories')} WHERE (project, id) IN "
-                "(SELECT * FROM unnest($1::text[], $2::uuid[]))",
-                [w[2]["project"] for w in wanted], [w[2]["memory_id"] for w in wanted])
+        stored = await self.store.migration_ledger.stored_contents([(w[2]["project"], w[2]["memory_id"])
+                                                                     for w in wanted])
         by_key = {(r["project"], r["id"]): r for r in stored}
         for sid, mapped, item in wanted:
             result.hash_checked += 1
@@ -1471,42 +1362,10 @@ class DuckDBMigration:
             return RollbackReport(rid, previous, previous, 0, 0, 0)
         target = run["project"] or ""
         file_ids = [f for f in (run["source_file_id"], run["kg_file_id"]) if f is not None]
-        items, memories = self._t("migration_items"), self._t("memories")
-        marker = json.dumps({"source": {"run_id": str(rid)}})
         with span("migrate.rollback"):
-            async with (self._advisory_lock([run["source_file_id"]], target), self.store.gate.acquire() as connection,
-                        connection.transaction()):
-                await connection.execute(
-                    "CREATE TEMP TABLE om_rb_owned ON COMMIT DROP AS "
-                    f"SELECT project, memory_id AS id FROM {items} WHERE run_id = $1 AND inserted "
-                    f"AND memory_id IS NOT NULL UNION SELECT project, id FROM {memories} "
-                    "WHERE metadata @> $2::text::jsonb", rid, marker)
-                await connection.execute(
-                    "CREATE TEMP TABLE om_rb_shared ON COMMIT DROP AS SELECT DISTINCT ON (i.project, i.memory_id) "
-                    "i.project, i.memory_id, i.source_file_id, i.source_table, i.source_id "
-                    f"FROM {items} i JOIN om_rb_owned o ON o.project = i.project AND o.id = i.memory_id "
-                    "WHERE i.run_id <> $1 ORDER BY i.project, i.memory_id, i.created_at, i.source_id", rid)
-                kept = int(await connection.fetchval("SELECT count(*) FROM om_rb_shared"))
-                await connection.execute(
-                    f"UPDATE {items} i SET inserted = true FROM om_rb_shared s WHERE i.project = s.project "
-                    "AND i.source_file_id = s.source_file_id AND i.source_table = s.source_table "
-                    "AND i.source_id = s.source_id")
-                status = await connection.execute(
-                    f"DELETE FROM {memories} m USING om_rb_owned o WHERE m.project = o.project AND m.id = o.id "
-                    "AND NOT EXISTS (SELECT 1 FROM om_rb_shared s WHERE s.project = o.project "
-                    "AND s.memory_id = o.id)")
-                deleted = int(status.split()[-1])
-                status = await connection.execute(f"DELETE FROM {items} WHERE run_id = $1", rid)
-                items_deleted = int(status.split()[-1])
-                await connection.execute(
-                    f"DELETE FROM {self._t('migration_checkpoints')} WHERE target_project = $1 "
-                    "AND source_file_id = ANY($2::text[])", target, file_ids)
-                await connection.execute(
-                    f"UPDATE {self._t('migration_runs')} SET status = 'rolled_back', updated_at = now(), "
-                    "finished_at = now(), counts = counts || jsonb_build_object('rollback', "
-                    "jsonb_build_object('memories_deleted', $2::bigint, 'memories_kept_shared', $3::bigint, "
-                    "'items_deleted', $4::bigint, 'previous_status', $5::text)) WHERE run_id = $1",
-                    rid, deleted, kept, items_deleted, previous)
+            async with self.store.migration_ledger.source_lock([run["source_file_id"]], target):
+                deleted, kept, items_deleted = await self.store.migration_ledger.rollback(
+                    rid, target=target, file_ids=file_ids, previous_status=previous)
         self._log.info("migration-rolled-back", run_id=str(rid), memories_deleted=deleted, kept_shared=kept,
                        items_deleted=items_deleted)
         return RollbackReport(rid, previous, "rolled_back", deleted, kept, items_deleted)
@@ -1515,10 +1374,7 @@ class DuckDBMigration:
 
     async def list_runs(self, limit: int = 20) -> list[RunSummary]:
         """The most recent runs, newest first."""
-        async with self.store.gate.acquire() as connection:
-            rows = await connection.fetch(
-                f"SELECT run_id, status, source_path, kg_path, project, started_at, finished_at, error, counts "
-                f"FROM {self._t('migration_runs')} ORDER BY started_at DESC LIMIT $1", max(1, min(limit, 1000)))
+        rows = await self.store.migration_ledger.list_runs(max(1, min(limit, 1000)))
         return [RunSummary(run_id=r["run_id"], status=r["status"], source_path=r["source_path"], kg_path=r["kg_path"],
                            project=r["project"], started_at=r["started_at"], finished_at=r["finished_at"],
                            error=r["error"], counts=r["counts"] if isinstance(r["counts"], dict) else {})
