@@ -16,6 +16,7 @@ from uuid import UUID
 from oneiric_memory.errors import InvalidInput
 
 __all__ = [
+    "MAX_METADATA_BYTES",
     "MAX_QUERY_CHARS",
     "MEMORY_TYPES",
     "MemoryRecord",
@@ -41,7 +42,8 @@ MEMORY_TYPES: tuple[str, ...] = ("agent", "rag", "workflow", "insight")
 SearchMode = Literal["vector", "text", "hybrid"]
 
 _MAX_ID_CHARS = 512
-_MAX_METADATA_BYTES = 256_000
+MAX_METADATA_BYTES = 256_000
+"""The largest metadata a memory may carry, as JSON (the DuckDB migration shrinks source metadata to fit)."""
 _MAX_METADATA_DEPTH = 64
 MAX_QUERY_CHARS = 10_000
 """The longest search query, in characters, in every mode (a query is embedded or parsed, never stored)."""
@@ -171,8 +173,8 @@ class MemoryRecord:
             encoded = json.dumps(self.metadata, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"{where}metadata is not JSON: {exc}", field="metadata", index=index) from None
-        if len(encoded) > _MAX_METADATA_BYTES:
-            raise InvalidInput(f"{where}metadata is larger than {_MAX_METADATA_BYTES} bytes", field="metadata",
+        if len(encoded) > MAX_METADATA_BYTES:
+            raise InvalidInput(f"{where}metadata is larger than {MAX_METADATA_BYTES} bytes", field="metadata",
                                index=index)
         if self.id is not None and not isinstance(self.id, UUID):
             raise InvalidInput(f"{where}id must be a UUID, got {type(self.id).__name__}", field="id", index=index)

@@ -57,7 +57,7 @@ from oneiric_memory.errors import (
 )
 from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder
-from oneiric_memory.records import MemoryRecord, UpsertResult, content_hash
+from oneiric_memory.records import MAX_METADATA_BYTES, MemoryRecord, UpsertResult, content_hash
 from oneiric_memory.settings import MemorySettings
 
 __all__ = [
@@ -84,7 +84,6 @@ _Row = dict[str, Any]
 _SOURCE_ID = "__source_id"
 _SYSTEM = "session_buddy"
 _MAX_ISSUES = 1000
-_MAX_METADATA_BYTES = 250_000
 _MAX_RAW_CHARS = 10_000
 _MAX_ID_CHARS = 512
 _EMBED_RETRY_S = 30.0
@@ -652,7 +651,7 @@ def _parse_json_column(value: Any, flags: set[str], column: str) -> tuple[Any, s
 def _shrink_metadata(metadata: dict[str, Any], flags: set[str]) -> dict[str, Any]:
     """Drop the largest source fields until the metadata fits the store's limit."""
     encoded = len(json.dumps(metadata).encode("utf-8"))
-    if encoded <= _MAX_METADATA_BYTES:
+    if encoded <= MAX_METADATA_BYTES:
         return metadata
     source: dict[str, Any] = metadata["source"]
     sizes = sorted(((len(json.dumps(v).encode("utf-8")), k) for k, v in source.items()
@@ -661,10 +660,10 @@ def _shrink_metadata(metadata: dict[str, Any], flags: set[str]) -> dict[str, Any
         source[key] = {"dropped_bytes": size}
         flags.add(f"dropped:{key}")
         encoded = len(json.dumps(metadata).encode("utf-8"))
-        if encoded <= _MAX_METADATA_BYTES:
+        if encoded <= MAX_METADATA_BYTES:
             break
     for key in [k for k in metadata if k != "source"]:
-        if len(json.dumps(metadata).encode("utf-8")) <= _MAX_METADATA_BYTES:
+        if len(json.dumps(metadata).encode("utf-8")) <= MAX_METADATA_BYTES:
             break
         metadata.pop(key)
     return metadata
