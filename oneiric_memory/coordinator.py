@@ -20,7 +20,6 @@ from uuid import UUID
 
 from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
-from oneiric_memory import __version__
 from oneiric_memory.adapters.embedders.selection import EmbedderSelection
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, pgvector_store_factory
 from oneiric_memory.backfill import BackfillReport, backfill
@@ -52,6 +51,7 @@ from oneiric_memory.records import (
     check_query,
 )
 from oneiric_memory.settings import MemorySettings, load_settings
+from oneiric_memory.version import __version__
 
 __all__ = ["SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
 

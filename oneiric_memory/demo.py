@@ -8,7 +8,6 @@ import pkgutil
 import re
 from pathlib import Path
 
-import oneiric_memory
 from oneiric_memory.insights import format_insight_block
 from oneiric_memory.records import MemoryRecord
 
@@ -47,7 +46,7 @@ def demo_corpus(project: str = "demo") -> list[MemoryRecord]:
             records.append(MemoryRecord(content=chunk, memory_type=memory_type, project=project,
                                         repo_id="oneiric-memory", source_system="demo",
                                         metadata={"file": entry.name, "chunk": position}))
-    package_dir = Path(oneiric_memory.__file__).parent
+    package_dir = Path(__file__).parent
     for module in sorted(pkgutil.walk_packages([str(package_dir)], prefix="oneiric_memory."), key=lambda m: m.name):
         relative = module.name.removeprefix("oneiric_memory.").replace(".", "/")
         path = package_dir / f"{relative}.py"

@@ -20,6 +20,7 @@ Retries with backoff apply to the *transient* classes only (``StoreUnavailable``
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TRANSIENT_ERRORS",
+    "first_error",
     "without_driver_chain",
 ]
 
@@ -106,3 +108,18 @@ async def without_driver_chain[T](work: Awaitable[T]) -> T:
         return await work
     except OneiricMemoryError as exc:
         raise type(exc)(exc.message, **exc.details) from None
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real exception of a TaskGroup failure, never one of the cancellations it caused.
+
+    When one task fails, ``asyncio.TaskGroup`` cancels its siblings; a sibling that was mid-``await`` can
+    surface in the group as a ``CancelledError`` ahead of the cause, and re-raising that would look like a
+    cancellation of the caller.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]

@@ -17,9 +17,9 @@ from typing import Any
 
 from mcp_common.health import ComponentHealth, HealthStatus
 
-from oneiric_memory import __version__
 from oneiric_memory.errors import InvalidInput, OneiricMemoryError
 from oneiric_memory.records import SearchFilters
+from oneiric_memory.version import __version__
 
 __all__ = ["ADAPTER_ID", "MemoryCapabilities", "OneiricMemoryAdapter", "attach", "mahavishnu_adapter_entry"]
 

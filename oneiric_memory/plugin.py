@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from oneiric_memory import __version__
 from oneiric_memory.errors import without_driver_chain
+from oneiric_memory.version import __version__
 
 __all__ = ["ADAPTER_SPECS", "FACTORIES", "oneiric_adapters"]
 

@@ -41,7 +41,7 @@ def _store_down(exc: Exception) -> dict[str, Any]:
     """The health document when the store could not even be opened (same shape as ``to_dict()``)."""
     from datetime import UTC, datetime
 
-    from oneiric_memory import __version__
+    from oneiric_memory.version import __version__
 
     return {"status": "unhealthy", "timestamp": datetime.now(UTC).isoformat(), "version": __version__,
             "components": [{"name": "memory_store", "status": "unhealthy", "message": str(exc), "latency_ms": None,

@@ -13,12 +13,12 @@ from typing import Any
 
 from fastmcp import FastMCP
 
-from oneiric_memory import __version__
 from oneiric_memory.mcp.auth import StaticBearerVerifier
 from oneiric_memory.mcp.scope import ProjectScope
 from oneiric_memory.mcp.state import MemoryState
 from oneiric_memory.mcp.tools import register_tools
 from oneiric_memory.settings import MemorySettings
+from oneiric_memory.version import __version__
 
 __all__ = ["SERVER_NAME", "build_server"]
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 from fastmcp import FastMCP
 from pydantic import BaseModel, Field
 
-from oneiric_memory import __version__
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.mcp.failures import tool_errors
 from oneiric_memory.mcp.results import (
@@ -36,6 +35,7 @@ from oneiric_memory.mcp.results import (
 from oneiric_memory.mcp.scope import ProjectScope
 from oneiric_memory.mcp.state import MemoryState
 from oneiric_memory.records import SearchFilters
+from oneiric_memory.version import __version__
 
 __all__ = ["FULL_OUTPUT_SCHEMAS", "TOOL_NAMES", "register_tools", "shallow_output_schema"]
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from oneiric_memory.adapters.embedders.inputs import check_texts
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -165,15 +166,6 @@ def hash_vectors(texts: Sequence[str], dimension: int) -> _FloatArray:
     return chunks[0] if len(chunks) == 1 else np.vstack(chunks)
 
 
-def _check_texts(texts: Sequence[str]) -> None:
-    if isinstance(texts, str):
-        raise InvalidInput("embed_documents takes a list of texts, not one string: use embed_query or wrap it "
-                           "in a list")
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f"text #{position} is a {type(text).__name__}, not a str: pass strings only")
-
-
 class HashingEmbedder:
     """Feature-hashing embedder (lexical only, no model, no network); see the module docstring."""
 
@@ -199,11 +191,11 @@ class HashingEmbedder:
 
     def embed_sync(self, texts: Sequence[str]) -> _FloatArray:
         """Synchronous batch embedding as a numpy matrix (for CPU-bound callers already off the loop)."""
-        _check_texts(texts)
+        check_texts(texts)
         return hash_vectors(texts, self._dimension)
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        _check_texts(texts)
+        check_texts(texts)
         if not texts:
             return []
         return await self._embed(list(texts), kind="documents")

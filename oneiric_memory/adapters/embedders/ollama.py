@@ -44,7 +44,8 @@ from oneiric.adapters.embedding.embedding_interface import (
     EmbeddingResult,
 )
 
-from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, OneiricMemoryError
+from oneiric_memory.adapters.embedders.inputs import check_texts
+from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, OneiricMemoryError, first_error
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, TaskPrefixes, load_settings
 
@@ -125,21 +126,6 @@ def _shared_ssl_context() -> ssl.SSLContext:
     """One verifying TLS context per process: building one reads the CA bundle (~0.2 s) and is the bulk of
     creating an ``httpx.AsyncClient``."""
     return httpx.create_ssl_context()
-
-
-def _check_texts(texts: Sequence[str]) -> None:
-    if isinstance(texts, str):
-        raise InvalidInput("embed_documents takes a list of texts, not one string: use embed_query or wrap it "
-                           "in a list")
-    for position, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f"text #{position} is a {type(text).__name__}, not a str: pass strings only")
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        return _first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
-    return group
 
 
 class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneiric ships no py.typed
@@ -234,7 +220,7 @@ class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # one
 
     async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override, unused-ignore]
         """Embed stored text, with the model's document prefix. An empty list costs no request."""
-        _check_texts(texts)
+        check_texts(texts)
         if not texts:
             return []
         prefix = self.prefixes_for().document
@@ -426,7 +412,7 @@ class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # one
         **kwargs: Any,
     ) -> EmbeddingBatch:
         """Oneiric's ``embed_texts``; ``task="query"`` selects the query prefix (default: document)."""
-        _check_texts(texts)
+        check_texts(texts)
         name = str(model or self._model)
         watch = Stopwatch()
         if not texts:
@@ -566,7 +552,7 @@ class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # one
                                                              deadline=deadline))
                          for batch in batches]
         except BaseExceptionGroup as errors:  # one failed batch fails the call; the others were cancelled
-            raise _first_leaf(errors) from None
+            raise first_error(errors) from None
         return [task.result() for task in tasks]
 
     async def _embed_batch(self, inputs: list[str], *, model: str, normalize: bool,

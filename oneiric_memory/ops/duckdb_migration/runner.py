@@ -54,6 +54,7 @@ from oneiric_memory.errors import (
     EmbedderUnavailable,
     InvalidInput,
     SourceLocked,
+    first_error,
 )
 from oneiric_memory.observability import get_logger, span
 from oneiric_memory.protocols import Embedder
@@ -1140,7 +1141,7 @@ class DuckDBMigration:
                     group.create_task(work(seq, rows))
                     seq += 1
         except BaseExceptionGroup as group_error:
-            raise _first_leaf(group_error) from None
+            raise first_error(group_error) from None
 
     async def _process_batch(self, job: _Job, spec: _TableSpec, source: _DuckDBSource, rows: list[_Row],
                              seq: int) -> _Outcome:
@@ -1378,14 +1379,3 @@ class DuckDBMigration:
                            project=r["project"], started_at=r["started_at"], finished_at=r["finished_at"],
                            error=r["error"], counts=r["counts"] if isinstance(r["counts"], dict) else {})
                 for r in rows]
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real exception of a TaskGroup failure (not the cancellations it caused)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_leaf(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]
-
