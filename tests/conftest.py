@@ -1,5 +1,7 @@
 """Shared fixtures: one real embedded PostgreSQL per test session, and one schema per test.
 
+Helpers that tests import live in :mod:`tests.support` (this file is pytest's, never imported as a module).
+
 Each test gets its own ``db_schema`` on the shared server, so tests are isolated without restarting
 PostgreSQL. Nothing here is mocked.
 """
@@ -9,17 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo, EmbeddedPostgres
-from oneiric_memory.settings import MemorySettings, load_settings
+from oneiric_memory.settings import MemorySettings
+from tests.support import make_settings
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -52,24 +53,6 @@ def pg_server(pg_data_dir: Path) -> Iterator[EmbeddedConnectInfo]:
     info = asyncio.run(server.start())
     yield info
     asyncio.run(server.stop())
-
-
-def make_settings(pg_data_dir: Path, schema: str | None = None, **overrides: Any) -> MemorySettings:
-    """Settings for a test: the session's embedded server, a fresh schema, no files or env read."""
-    base: dict[str, Any] = {
-        "postgres": {"embedded_data_dir": str(pg_data_dir), "db_schema": schema or f"t_{uuid.uuid4().hex[:12]}",
-                     "max_connections": 4, "retry_base_delay_s": 0.01},
-        "embedder": {"provider": "hashing"},
-        "session_buddy": {"enabled": False},
-        # Health parts answer within 3 s in production; on a loaded 2-core CI box give them room.
-        "coordinator": {"health_timeout_s": 30.0},
-    }
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return load_settings(base, root=pg_data_dir.parent, environ={})
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 __all__ = ["clustered_vectors", "dead_tuples", "delete_rows", "load", "open_store", "vector_index_options"]
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from oneiric_memory.errors import ConfigurationError
+from oneiric_memory.testing.telemetry import install_in_memory_sdk
 
 __all__ = ["OtelCapture", "otel"]
 
@@ -65,22 +65,14 @@ _capture: OtelCapture | None = None
 
 
 def install() -> OtelCapture:
-    """Install the SDK providers on first use; later calls return the same capture."""
+    """The process-wide capture of :mod:`oneiric_memory.testing.telemetry` (installed on first use)."""
     global _capture
     if _capture is not None:
         return _capture
-    exporter = InMemorySpanExporter()
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):  # someone installed an SDK already: add our exporter to it
-        current.add_span_processor(SimpleSpanProcessor(exporter))
-    else:
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
-    reader = InMemoryMetricReader()
-    if isinstance(metrics.get_meter_provider(), MeterProvider):
-        pytest.skip("a global MeterProvider is already installed without our reader")
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    try:
+        exporter, reader = install_in_memory_sdk()
+    except ConfigurationError as exc:
+        pytest.skip(str(exc))
     _capture = OtelCapture(spans=exporter, reader=reader)
     return _capture
 

@@ -16,8 +16,8 @@ from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
 from oneiric_memory.insights import Insight
 from oneiric_memory.ops.backup import archive_schemas, backup, find_pg_binary, libpq_environment, restore
 from oneiric_memory.records import MemoryRecord
-from tests.conftest import make_settings
 from tests.ops_fixtures import clustered_vectors, load, open_store
+from tests.support import make_settings
 
 TABLES = ("memories", "memory_access", "insight_outbox", "embedding_meta", "rag_ingestions", "alembic_version")
 

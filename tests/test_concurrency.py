@@ -14,8 +14,8 @@ import pytest
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import StoreUnavailable
 from oneiric_memory.records import MemoryRecord, SearchFilters, UpsertResult
-from tests.conftest import make_settings
 from tests.foundation_fixtures import ADMIN_APP, ensure_database, eventually, opened_store, unit_vector
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 

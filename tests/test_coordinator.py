@@ -27,7 +27,6 @@ from oneiric_memory.errors import EmbedderUnavailable, InvalidInput, SchemaMisma
 from oneiric_memory.insights import insight_id
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from oneiric_memory.testing.fake_ollama import FakeOllama
-from tests.conftest import make_settings
 from tests.coordinator_fixtures import (
     conversation,
     drop_schema,
@@ -37,6 +36,7 @@ from tests.coordinator_fixtures import (
     session_buddy_own_search,
 )
 from tests.foundation_fixtures import admin_connection, eventually
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -32,7 +32,6 @@ from oneiric_memory.ops.duckdb_migration import DuckDBMigration, ProgressEvent
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
 from oneiric_memory.testing.fake_ollama import FakeOllama
-from tests.conftest import make_settings
 from tests.duckdb_migration_fixtures import (
     CONVERSATIONS,
     HOSTILE,
@@ -41,6 +40,7 @@ from tests.duckdb_migration_fixtures import (
     build_legacy_file,
     build_session_buddy_files,
 )
+from tests.support import make_settings
 
 DIM = 64
 MAX_CONTENT = 50_000

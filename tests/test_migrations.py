@@ -13,8 +13,8 @@ from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.migrator import Migrator
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.records import MemoryRecord
-from tests.conftest import make_settings
 from tests.foundation_fixtures import admin_connection, opened_store, unit_vector
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 

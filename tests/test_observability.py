@@ -30,9 +30,9 @@ from oneiric_memory.ops.backup import backup
 from oneiric_memory.ops.maintenance import Maintenance
 from oneiric_memory.ops.monitoring import Monitor
 from oneiric_memory.records import MemoryRecord
-from tests.conftest import make_settings
 from tests.ops_fixtures import clustered_vectors, load, open_store
 from tests.otel_fixtures import OtelCapture, install
+from tests.support import make_settings
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")

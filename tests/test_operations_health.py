@@ -8,7 +8,7 @@ from mcp_common.health import HealthStatus
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 
 async def test_invalid_vector_index_degrades_health_with_a_reason(pg_server: EmbeddedConnectInfo,

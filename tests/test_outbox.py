@@ -26,10 +26,10 @@ from oneiric_memory.insights import Insight, insight_id
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.settings import MemorySettings
-from tests.conftest import make_settings
 from tests.coordinator_fixtures import conversation, drop_schema, outbox_rows, sb_overrides, session_buddy_own_search
 from tests.foundation_fixtures import opened_store
 from tests.otel_fixtures import OtelCapture, install
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 

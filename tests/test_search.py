@@ -29,7 +29,7 @@ from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, SearchPlan
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.records import MemoryRecord, SearchFilters, SearchHit
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -16,8 +16,8 @@ from oneiric_memory.adapters.pgvector.connection import ConnectParams
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import ConfigurationError, StoreError
 from oneiric_memory.settings import MemorySettings, PostgresSettings, load_settings
-from tests.conftest import make_settings
 from tests.foundation_fixtures import ensure_database
+from tests.support import make_settings
 
 SECRET = "s3cr3t-Pa55word-0042"
 ENV = "MAHAVISHNU_ONEIRIC_MEMORY__"

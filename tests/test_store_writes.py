@@ -22,8 +22,8 @@ from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, StoreUnavailable
 from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, SearchFilters
-from tests.conftest import make_settings
 from tests.foundation_fixtures import admin_connection, eventually, opened_store, unit_vector
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 
