@@ -3,8 +3,8 @@
 Import the store and its factory from here; the modules inside are its named parts.
 """
 
-from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.bootstrap import schema_migrator
+from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
