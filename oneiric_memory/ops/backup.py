@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
-from oneiric_memory.adapters.pgvector.bootstrap import analyze_schema, check_extensions, server_params
+from oneiric_memory.adapters.pgvector.bootstrap import analyze_schema, check_extensions, count_tables, server_params
 from oneiric_memory.adapters.pgvector.connection import ConnectParams
 from oneiric_memory.adapters.pgvector.embedded_server import embedded_bin_dir
 from oneiric_memory.errors import ConfigurationError, InvalidInput, StoreError
@@ -215,13 +215,7 @@ async def _run(command: list[str], env: dict[str, str], *, secret: str | None, t
 async def _count_tables(params: ConnectParams, target: PgvectorMemoryStore | MemorySettings, schema: str) -> int:
     """How many tables ``pg_dump --schema`` will dump (the total of the backup's progress)."""
     pg = target.settings.postgres if isinstance(target, PgvectorMemoryStore) else target.postgres
-    connection = await connect_once(params, pg)
-    try:
-        return int(await connection.fetchval(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", schema))
-    finally:
-        await connection.close()
+    return await count_tables(params, pg, schema)
 
 
 class _Counter:

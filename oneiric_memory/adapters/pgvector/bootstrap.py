@@ -20,7 +20,8 @@ from oneiric_memory.adapters.pgvector.schema import quote_ident
 from oneiric_memory.errors import ConfigurationError
 from oneiric_memory.settings import MemorySettings, PostgresSettings, validate_identifier
 
-__all__ = ["Extensions", "analyze_schema", "check_extensions", "ensure_database", "migrate", "schema_migrator",
+__all__ = ["Extensions", "analyze_schema", "check_extensions", "count_tables", "ensure_database", "migrate",
+           "schema_migrator",
            "server_params"]
 
 
@@ -89,6 +90,17 @@ async def migrate(params: ConnectParams, pg: PostgresSettings) -> None:
         await migrator.upgrade()
     else:
         await migrator.require_head()
+
+
+async def count_tables(params: ConnectParams, pg: PostgresSettings, schema: str) -> int:
+    """How many tables ``schema`` holds (what ``pg_dump --schema`` dumps)."""
+    connection = await connect_once(params, pg)
+    try:
+        return int(await connection.fetchval(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')", schema))
+    finally:
+        await connection.close()
 
 
 async def analyze_schema(params: ConnectParams, pg: PostgresSettings, schema: str) -> None:
