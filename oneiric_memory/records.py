@@ -194,10 +194,13 @@ def check_embedding(embedding: Sequence[float], *, dimension: int, index: int | 
     would be stored as the zero vector, which has no cosine distance to anything. Messages never echo the values.
     """
     where = f"record {index}: " if index is not None else ""
-    if isinstance(embedding, (str, bytes)) or not isinstance(embedding, Sequence):
+    try:  # any sized sequence of numbers: lists, tuples, numpy arrays
+        size = len(embedding)
+        if isinstance(embedding, (str, bytes, Mapping)):
+            raise TypeError
+    except TypeError:
         raise InvalidInput(f"{where}embedding must be a sequence of floats, got {type(embedding).__name__}",
-                           field="embedding", index=index)
-    size = len(embedding)
+                           field="embedding", index=index) from None
     if size != dimension:
         raise InvalidInput(
             f"{where}embedding has {size} dimensions, the store expects {dimension}; embed with the configured "
@@ -354,6 +357,10 @@ class StoredMemory:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime | None
+    seen_count: int = 1
+    """How many times this content was written (1 + the duplicates that answered with this id)."""
+    last_seen_at: datetime | None = None
+    """When it was last written (``created_at`` until a duplicate arrives)."""
 
 
 @dataclass(slots=True)

@@ -428,3 +428,18 @@ async def test_hostile_filters_and_ids_are_rejected_or_harmless(store: PgvectorM
         await store.search_text("nul\x00query")
     assert await store.delete(filters=SearchFilters(projects=["'; DROP TABLE memories; --"])) == 0
     await _assert_tables_intact(store, 1)
+
+
+async def test_vectors_outside_the_halfvec_range_are_refused_without_an_echo(store: PgvectorMemoryStore) -> None:
+    assert store.vector_type == "halfvec"
+    for bad, expected in (([1e10] * 768, "beyond ±65504"), ([70000.0] + [0.0] * 767, "beyond ±65504"),
+                          ([1e-8] * 768, "zero vector"), ([0.0] * 768, "zero vector")):
+        with pytest.raises(InvalidInput, match=expected) as info:
+            await store.upsert_many([MemoryRecord(content="out of range", embedding=bad)])
+        assert "1e+10" not in str(info.value) and len(str(info.value)) < 300
+        with pytest.raises(InvalidInput, match=expected) as info:
+            await store.search_vector(bad, limit=3)
+        assert "1e+10" not in str(info.value) and len(str(info.value)) < 300
+    fine = [65504.0] + [0.0] * 767  # the edges of the range are fine
+    assert (await store.upsert_many([MemoryRecord(content="at the edge", embedding=fine)])).inserted == [True]
+    await _assert_tables_intact(store, 1)

@@ -62,6 +62,28 @@ async def test_duplicates_within_one_batch_and_across_batches(store: PgvectorMem
     assert await store.count() == 3
 
 
+async def test_a_duplicate_is_recorded_on_the_stored_row(store: PgvectorMemoryStore) -> None:
+    first = await store.upsert_many([rec("seen again and again", 1, metadata={"v": 1})])
+    created = (await store.get(first.ids))[0]
+    assert (created.seen_count, created.last_seen_at) == (1, created.created_at)  # first sight only
+    # two copies in one batch, then one more batch: 1 + 2 + 1 sightings, one row, one id
+    again = await store.upsert_many([rec("seen again and again", metadata={"v": 2}),
+                                     rec("seen again and again", 1, metadata={"v": 3})])
+    third = await store.upsert_many([rec("seen again and again", metadata={"v": 4})])
+    assert again.ids == first.ids * 2 and third.ids == first.ids and not any(again.inserted + third.inserted)
+    stored = (await store.get(first.ids))[0]
+    assert stored.seen_count == 4 and stored.last_seen_at is not None and stored.last_seen_at > created.created_at
+    # keep_first: the stored metadata, labels and timestamps are kept; the duplicate's metadata is not merged
+    assert stored.metadata == {"v": 1} and stored.updated_at == created.updated_at
+    # refresh: the duplicate's metadata is merged over the stored one, and it is still counted
+    await store.upsert_many([rec("seen again and again", metadata={"w": 5})], on_conflict="refresh")
+    refreshed = (await store.get(first.ids))[0]
+    assert refreshed.seen_count == 5 and refreshed.metadata == {"v": 1, "w": 5}
+    # a brand-new row written twice in its first batch starts at 2
+    twice = await store.upsert_many([rec("born twice"), rec("born twice")])
+    assert (await store.get(twice.ids[:1]))[0].seen_count == 2
+
+
 async def test_other_project_or_memory_type_is_another_row(store: PgvectorMemoryStore) -> None:
     result = await store.upsert_many([
         rec("shared words", 1),

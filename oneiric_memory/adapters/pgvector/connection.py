@@ -118,7 +118,10 @@ def translate_error(exc: BaseException, action: str) -> StoreError:
                                 sqlstate=sqlstate)
     text = str(exc)
     message = getattr(exc, "message", None) or (text.splitlines()[0] if text else "")
-    return StoreError(f"{action} failed: {detail}: {message}", sqlstate=sqlstate)
+    if isinstance(exc, asyncpg.DataError) and message.startswith("invalid input for query argument"):
+        # the driver quotes the argument (a whole vector, a document): keep only which argument it was
+        message = message.split(":", 1)[0]
+    return StoreError(f"{action} failed: {detail}: {message[:300]}", sqlstate=sqlstate)
 
 
 def retrying(settings: PostgresSettings) -> AsyncRetrying:

@@ -75,7 +75,7 @@ _HIT_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.metadata, m.agent_
 _INDEX_BUILD_TIMEOUT_S = 24 * 3600.0  # an index build on millions of rows takes far longer than a query
 _STAGING_COLUMNS = ("ord", "id", "project", "memory_type", "source_system", "agent_id", "workflow_id", "repo_id",
                     "session_id", "content", "content_hash", "metadata", "embedding", "embedding_model",
-                    "created_at", "expires_at")
+                    "created_at", "expires_at", "copies")
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +319,8 @@ class PgvectorMemoryStore:
         for index, record in enumerate(records):
             if not isinstance(record, MemoryRecord):
                 raise InvalidInput(f"record {index} is a {type(record).__name__}, not a MemoryRecord", index=index)
-            record.validate(dimension=self.dimension, max_content_bytes=pg.max_content_bytes, index=index)
+            record.validate(dimension=self.dimension, max_content_bytes=pg.max_content_bytes, index=index,
+                            vector_type=self.vector_type)
             if record.embedding is not None and record.embedding_model and self.embedding_model \
                     and record.embedding_model != self.embedding_model:
                 raise InvalidInput(
@@ -337,6 +338,12 @@ class PgvectorMemoryStore:
 
         ``insights[i]`` are enqueued in the outbox for ``records[i]``, in the same transaction.
         Records without an embedding are stored as pending.
+
+        *Duplicates* (same project, memory_type and normalized content) answer with the stored row's id and are
+        recorded on it: ``seen_count`` grows by the copies written and ``last_seen_at`` is set. Their other
+        fields follow ``on_conflict``: ``keep_first`` (the default) keeps the stored metadata, expiry and
+        labels unchanged and only fills a pending embedding; ``refresh`` merges the duplicate's metadata over
+        the stored one (its keys win), replaces the expiry and, when it carries one, the embedding.
         """
         self.validate(records)
         if insights is not None and len(insights) != len(records):
@@ -383,6 +390,7 @@ class PgvectorMemoryStore:
             if first is not None:
                 first_of.append(first)
                 row = staged[first]
+                row["copies"] += 1
                 if embedding is not None and (mode == "refresh" or row["embedding"] is None):
                     row["embedding"], row["embedding_model"] = embedding, model
                 if mode == "refresh":
@@ -397,7 +405,7 @@ class PgvectorMemoryStore:
                 "workflow_id": record.workflow_id, "repo_id": record.repo_id, "session_id": record.session_id,
                 "content": record.content, "content_hash": digest, "metadata": dict(record.metadata),
                 "embedding": embedding, "embedding_model": model, "created_at": record.created_at,
-                "expires_at": record.expires_at,
+                "expires_at": record.expires_at, "copies": 1,
             }
         rows = [tuple(json.dumps(row[c]) if c == "metadata" else row[c] for c in _STAGING_COLUMNS)
                 for row in staged.values()]
@@ -408,29 +416,34 @@ class PgvectorMemoryStore:
         insights: Sequence[Sequence[Insight]] | None,
     ) -> list[asyncpg.Record]:
         memories = self.table("memories")
+        # Every duplicate is recorded (seen_count, last_seen_at); see upsert_many for the metadata policy.
+        seen = "seen_count = m.seen_count + EXCLUDED.seen_count, last_seen_at = now()"
         if mode == "refresh":
-            conflict = ("DO UPDATE SET embedding = coalesce(EXCLUDED.embedding, m.embedding), "
+            conflict = (f"DO UPDATE SET {seen}, embedding = coalesce(EXCLUDED.embedding, m.embedding), "
                         "embedding_model = CASE WHEN EXCLUDED.embedding IS NULL THEN m.embedding_model "
                         "ELSE EXCLUDED.embedding_model END, metadata = m.metadata || EXCLUDED.metadata, "
                         "expires_at = EXCLUDED.expires_at, updated_at = now()")
         else:  # keep the first copy, but complete it if it is still pending
-            conflict = ("DO UPDATE SET embedding = EXCLUDED.embedding, embedding_model = EXCLUDED.embedding_model, "
-                        "updated_at = now() WHERE m.embedding IS NULL AND EXCLUDED.embedding IS NOT NULL")
+            fills = "m.embedding IS NULL AND EXCLUDED.embedding IS NOT NULL"
+            conflict = (f"DO UPDATE SET {seen}, "
+                        f"embedding = CASE WHEN {fills} THEN EXCLUDED.embedding ELSE m.embedding END, "
+                        f"embedding_model = CASE WHEN {fills} THEN EXCLUDED.embedding_model ELSE m.embedding_model END, "
+                        f"updated_at = CASE WHEN {fills} THEN now() ELSE m.updated_at END")
         async with self.gate.acquire() as connection, connection.transaction():
             await connection.execute(
                 f"CREATE TEMP TABLE om_staging (ord integer, id uuid, project text, memory_type text, "
                 f"source_system text, agent_id text, workflow_id text, repo_id text, session_id text, content text, "
                 f"content_hash text, metadata text, embedding {self._vector_sql_type()}, embedding_model text, "
-                f"created_at timestamptz, expires_at timestamptz) ON COMMIT DROP")
+                f"created_at timestamptz, expires_at timestamptz, copies integer) ON COMMIT DROP")
             await connection.copy_records_to_table("om_staging", records=rows, columns=_STAGING_COLUMNS)
             await connection.execute(
                 f"INSERT INTO {memories} AS m (id, project, memory_type, source_system, agent_id, workflow_id, "
                 "repo_id, session_id, content, content_hash, metadata, embedding, embedding_model, created_at, "
-                "updated_at, expires_at) "
+                "updated_at, expires_at, seen_count) "
                 "SELECT id, project, memory_type, source_system, agent_id, workflow_id, repo_id, session_id, content, "
                 "content_hash, metadata::jsonb, embedding, embedding_model, coalesce(created_at, now()), now(), "
                 # key order: concurrent batches lock their rows in the same order, so they cannot deadlock
-                f"expires_at FROM om_staging ORDER BY project, memory_type, content_hash "
+                f"expires_at, copies FROM om_staging ORDER BY project, memory_type, content_hash "
                 f"ON CONFLICT (project, memory_type, content_hash) {conflict}")
             result = await connection.fetch(
                 f"SELECT s.ord, m.id, m.project, (m.id = s.id) AS inserted FROM om_staging s JOIN {memories} m "
@@ -567,7 +580,7 @@ class PgvectorMemoryStore:
         if self.embedding_model and model_id != self.embedding_model:
             raise InvalidInput(f"embeddings from {model_id!r} cannot fill a store bound to {self.embedding_model!r}")
         for _, _, vector in items:
-            check_embedding(vector, dimension=self.dimension)
+            check_embedding(vector, dimension=self.dimension, vector_type=self.vector_type)
 
         async def run() -> int:
             async with self.gate.acquire() as connection, connection.transaction():
@@ -596,7 +609,8 @@ class PgvectorMemoryStore:
                 return list(await connection.fetch(
                     "SELECT id, project, memory_type, content, content_hash, metadata, source_system, agent_id, "
                     "workflow_id, repo_id, session_id, embedding_model, embedding IS NULL AS pending, created_at, "
-                    f"updated_at, expires_at FROM {self.table('memories')} WHERE id = ANY($1::uuid[])", parsed))
+                    "updated_at, expires_at, seen_count, coalesce(last_seen_at, created_at) AS last_seen_at "
+                    f"FROM {self.table('memories')} WHERE id = ANY($1::uuid[])", parsed))
 
         rows = await run_with_retries(self.settings.postgres, "reading memories", run)
         order = {value: position for position, value in enumerate(parsed)}
@@ -605,7 +619,8 @@ class PgvectorMemoryStore:
             content_hash=r["content_hash"], metadata=r["metadata"], source_system=r["source_system"],
             agent_id=r["agent_id"], workflow_id=r["workflow_id"], repo_id=r["repo_id"], session_id=r["session_id"],
             embedding_model=r["embedding_model"], embedding_pending=r["pending"], created_at=r["created_at"],
-            updated_at=r["updated_at"], expires_at=r["expires_at"]) for r in rows]
+            updated_at=r["updated_at"], expires_at=r["expires_at"], seen_count=r["seen_count"],
+            last_seen_at=r["last_seen_at"]) for r in rows]
         result.sort(key=lambda item: order.get(item.id, 0))
         return result
 
@@ -878,7 +893,7 @@ class PgvectorMemoryStore:
         if mode in ("vector", "hybrid"):
             if query_embedding is None:
                 raise InvalidInput(f"{mode} search needs query_embedding")
-            check_embedding(query_embedding, dimension=self.dimension)
+            check_embedding(query_embedding, dimension=self.dimension, vector_type=self.vector_type)
         if mode in ("text", "hybrid"):
             if query_text is None or not isinstance(query_text, str):
                 raise InvalidInput(f"{mode} search needs query_text")
