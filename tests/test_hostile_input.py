@@ -25,10 +25,10 @@ from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.records import MemoryRecord, SearchFilters
-from tests.conftest import make_settings
 from tests.coordinator_fixtures import conversation, drop_schema, outbox_rows
 from tests.foundation_fixtures import unit_vector
 from tests.hostile_table import HostileCase, case_id
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,8 +18,8 @@ from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import EmbedderUnavailable
 from oneiric_memory.records import MemoryRecord
 from oneiric_memory.testing.fake_ollama import FakeOllama
-from tests.conftest import make_settings
 from tests.coordinator_fixtures import drop_schema
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
 
