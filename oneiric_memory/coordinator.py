@@ -15,10 +15,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
-
-from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 from oneiric_memory.adapters.embedders.selection import EmbedderSelection
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, pgvector_store_factory
@@ -52,6 +50,9 @@ from oneiric_memory.records import (
 )
 from oneiric_memory.settings import MemorySettings, load_settings
 from oneiric_memory.version import __version__
+
+if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
+    from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
 __all__ = ["SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
 
@@ -679,6 +680,7 @@ class UnifiedMemory:
         The bound keeps the aggregate inside Oneiric's health-probe timeout; a part that does not answer in
         time is reported (UNHEALTHY for the store, DEGRADED for the optional parts) instead of stalling.
         """
+        from mcp_common.health import ComponentHealth, HealthStatus
         timeout = self.settings.coordinator.health_timeout_s
         checks: list[tuple[str, HealthStatus, Awaitable[ComponentHealth]]] = [
             ("memory_store", HealthStatus.UNHEALTHY, self._store_health()),
@@ -706,6 +708,7 @@ class UnifiedMemory:
         return await self._components.store().component_health()
 
     async def _embedder_health(self) -> ComponentHealth:
+        from mcp_common.health import ComponentHealth, HealthStatus
         embedder = self._components.embedder()
         if embedder is None:
             return ComponentHealth(name="embedding", status=HealthStatus.DEGRADED,
@@ -731,6 +734,7 @@ class UnifiedMemory:
         return health
 
     async def _sink_health(self) -> ComponentHealth:
+        from mcp_common.health import ComponentHealth, HealthStatus
         sink = self._components.sink()
         if not self.settings.session_buddy.enabled:
             return ComponentHealth(name="insight_sink", status=HealthStatus.HEALTHY, message="disabled")
@@ -744,6 +748,7 @@ class UnifiedMemory:
         return health
 
     async def _pipeline_health(self) -> ComponentHealth:
+        from mcp_common.health import ComponentHealth, HealthStatus
         pending = await self._components.store().count_pending()
         backlog = await self._relay.status()
         degraded = pending or (backlog.oldest_pending_age_s or 0) > self.settings.session_buddy.degraded_backlog_age_s
@@ -758,6 +763,8 @@ class UnifiedMemory:
         The doctor's statistics queries are cached for ``maintenance.health_cache_s`` so dashboards polling
         health do not add load; the recall canary runs in `doctor`/`maintain auto`, not here.
         """
+        from mcp_common.health import ComponentHealth, HealthStatus
+
         from oneiric_memory.ops.monitoring import Monitor
 
         now = time.monotonic()
@@ -775,11 +782,13 @@ class UnifiedMemory:
 
     async def health(self) -> HealthCheckResponse:
         """Aggregated health of every part (worst status wins; optional parts only degrade)."""
+        from mcp_common.health import HealthCheckResponse
         return HealthCheckResponse.create(components=await self.component_healths(), version=__version__,
                                           start_time=self._started_at,
                                           metadata={"package": "oneiric-memory", "embedder": self.embedder_note})
 
     async def component_health(self) -> ComponentHealth:
+        from mcp_common.health import ComponentHealth
         response = await self.health()
         return ComponentHealth(name="memory", status=response.status, message=f"{len(response.components)} parts",
                                metadata={c.name: c.to_dict() for c in response.components})

