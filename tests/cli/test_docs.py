@@ -35,6 +35,8 @@ def cli_mentions() -> list[tuple[str, int, str, str]]:
             rest = line.split("oneiric-memory", 1)[1]
             rest = rest.split("`", 1)[0].split("#", 1)[0]  # the inline code span (or the code line, sans comment)
             tokens = re.findall(r"[\w-]+|--[\w-]+", rest.replace("|", " "))
+            if not tokens or tokens[0] not in root.commands:
+                continue  # not a command line of ours (e.g. a server named oneiric-memory in another tool's call)
             command: object = None
             name = ""
             for token in tokens:
