@@ -59,5 +59,10 @@ async def mapped[T](operation: Awaitable[T], what: str) -> T:
     except InsightSinkError:
         raise
     except Exception as exc:
+        if "unknown index type" in str(exc).lower():
+            raise InsightSinkError(
+                f"Session-Buddy's file has HNSW indexes and DuckDB's vss extension could not be loaded, so it cannot "
+                f"{what}; run Session-Buddy once with network access (it installs vss) or use MCP mode",
+                reason="needs_vss", operation=what) from exc
         raise InsightSinkError(f"Session-Buddy failed to {what}: {type(exc).__name__}: {str(exc)[:200]}",
                                reason="session_buddy_error", operation=what) from exc

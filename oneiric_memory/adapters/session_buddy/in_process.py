@@ -40,7 +40,7 @@ from oneiric_memory.adapters.session_buddy.worker import LoopThread
 from oneiric_memory.errors import InsightSinkError
 from oneiric_memory.insights import Insight, InsightHit
 
-__all__ = ["InProcessBackend", "SessionBuddyModule", "import_session_buddy"]
+__all__ = ["InProcessBackend", "SessionBuddyModule", "has_hnsw_index", "import_session_buddy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +110,34 @@ def _detect_table(conn: Any) -> _Table:
     )
 
 
-def _hand_connection(sb: SessionBuddyModule, path: Path) -> Any:
+def has_hnsw_index(conn: Any) -> bool:
+    """Whether the file holds HNSW (vss) indexes, as Session-Buddy's server creates them when vss is available.
+
+    DuckDB refuses to write to a table whose HNSW index it cannot bind, so such a file needs vss loaded.
+    """
+    try:
+        row = conn.execute("SELECT count(*) FROM duckdb_indexes() WHERE upper(sql) LIKE '%USING HNSW%'").fetchone()
+    except duckdb.Error:
+        return False
+    return bool(row and row[0])
+
+
+def _hand_connection(sb: SessionBuddyModule, path: Path) -> tuple[Any, bool]:
     """Put a quick-to-initialize connection into Session-Buddy's shared-connection cache (worker thread).
 
     Session-Buddy's ``initialize()`` runs ``INSTALL httpfs`` twice; offline each try costs seconds while
     the lock is held. A connection opened with ``enable_external_access=false`` makes them fail at once.
-    Returns the cache entry (release it once the adapter took its reference), or None when the cache is
-    absent or already holds this file. Lock errors propagate.
+    Returns ``(cache entry or None, needs_vss)``: release the entry once the adapter took its reference; it is
+    None when the cache is absent or already holds this file, or when the file has HNSW indexes (then the
+    adapter must open it itself with HNSW enabled, so it loads vss; our restricted connection could not).
+    Lock errors propagate.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     cache = getattr(sb.module, "_typed_connection_cache", None)
     entry_cls = getattr(sb.module, "_CachedConnection", None)
     key = str(path.resolve())
     if not isinstance(cache, dict) or entry_cls is None or key in cache:
-        return None
+        return None, False
     if path.exists() and path.stat().st_size == 0:
         path.unlink()  # Session-Buddy does the same: DuckDB refuses an empty file
     try:
@@ -132,17 +146,20 @@ def _hand_connection(sb: SessionBuddyModule, path: Path) -> Any:
     except duckdb.Error as exc:
         if is_lock_error(exc):
             raise
-        return None  # e.g. a stale WAL: Session-Buddy's own open repairs it
+        return None, False  # e.g. a stale WAL: Session-Buddy's own open repairs it
+    if has_hnsw_index(conn):
+        conn.close()
+        return None, True
     entry = entry_cls(conn, key)
     cache[key] = entry
-    return entry
+    return entry, False
 
 
 async def _open_adapter(sb: SessionBuddyModule, path: Path, enable_embeddings: bool) -> Any:
     """Open Session-Buddy's adapter on ``path`` (runs on the worker thread, where blocking is fine)."""
-    handed = _hand_connection(sb, path)
+    handed, needs_vss = _hand_connection(sb, path)
     adapter = sb.adapter_cls(settings=sb.settings_cls(database_path=path, enable_embeddings=enable_embeddings,
-                                                      enable_hnsw_index=False))
+                                                      enable_hnsw_index=needs_vss))
     try:
         await adapter.initialize()
     except BaseException:

@@ -258,3 +258,28 @@ async def test_an_abandoned_open_releases_the_file(tmp_path: Path) -> None:
                     await sink.deliver(delivery("repo-a", f"Cancelled after {delay}s."))
             await assert_another_process_can_open(path)
         assert await sink.deliver(delivery("repo-a", "Works again afterwards."))
+
+
+async def test_a_file_without_hnsw_indexes_gets_the_quick_restricted_open(tmp_path: Path) -> None:
+    """Session-Buddy's own indexes (ART) are not HNSW: the quick hand-off applies. (A file WITH HNSW indexes, as
+    Session-Buddy writes them when DuckDB's vss extension is installed, is opened by Session-Buddy itself with
+    HNSW enabled; vss cannot be installed offline here, so that branch is covered by reading, not by a test.)"""
+    import duckdb
+
+    from oneiric_memory.adapters.session_buddy.in_process import has_hnsw_index
+
+    settings = make_settings(tmp_path)
+    path = settings.session_buddy.database_path
+    assert path is not None
+    async with open_sink(settings) as sink:
+        await sink.deliver(delivery("repo-a", "A file Session-Buddy created, with its own indexes."))
+    connection = duckdb.connect(str(path))
+    try:
+        kinds = connection.execute("SELECT count(*) FROM duckdb_indexes()").fetchone()
+        assert kinds is not None and kinds[0] > 0  # Session-Buddy made indexes (ART), so the query saw them
+        assert has_hnsw_index(connection) is False
+        connection.execute("CREATE TABLE probe (v INTEGER)")
+        connection.execute("CREATE INDEX probe_hnsw_named ON probe (v)")  # a name is not a type
+        assert has_hnsw_index(connection) is False
+    finally:
+        connection.close()
