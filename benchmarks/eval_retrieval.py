@@ -306,7 +306,7 @@ async def ollama_embedder(base: MemorySettings) -> tuple[Embedder | None, str]:
         await embedder.embed_query("probe")
     except Exception as exc:  # any failure means "not reachable here": report, do not crash the run
         await _quiet_cleanup(embedder)
-        return None, f"no Ollama embedder reachable at {base.embedder.base_url} ({type(exc).__name__}: {exc})"
+        return None, f"no Ollama embedder reachable at {base.embedder.url_for("ollama")} ({type(exc).__name__}: {exc})"
     return embedder, ""
 
 

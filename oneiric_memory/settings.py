@@ -28,6 +28,8 @@ from oneiric_memory.errors import ConfigurationError
 
 __all__ = [
     "CoordinatorSettings",
+    "DEFAULT_OLLAMA_URL",
+    "DEFAULT_OPENAI_URL",
     "EmbedderSettings",
     "IDENTIFIER_PATTERN",
     "MaintenanceSettings",
@@ -145,12 +147,34 @@ def _default_prefixes() -> dict[str, TaskPrefixes]:
     }
 
 
-class EmbedderSettings(_Section):
-    """Which embedder to use and how to call Ollama."""
+DEFAULT_OLLAMA_URL = "http://localhost:11434"
+DEFAULT_OPENAI_URL = "http://localhost:8080/v1"
+"""llama-server's OpenAI-compatible endpoint, as Mahavishnu and Session-Buddy default it
+(``MAHAVISHNU__LLAMA_SERVER_URL``)."""
 
-    provider: Literal["auto", "ollama", "hashing"] = "auto"
-    base_url: str = "http://localhost:11434"
+
+class EmbedderSettings(_Section):
+    """Which embedder to use and how to call it (Ollama, an OpenAI-compatible server, or a local model)."""
+
+    provider: Literal["auto", "ollama", "openai", "local", "hashing"] = Field(
+        default="auto", description="auto tries ollama, openai, local, then hashing (lexical only)")
+    base_url: str | None = Field(
+        default=None, description="server of the chosen provider (with or without /v1 for openai); under auto it "
+                                  "replaces both ollama_url and openai_url")
+    ollama_url: str = Field(default=DEFAULT_OLLAMA_URL, description="Ollama's URL; follows llm.ollama_base_url")
+    openai_url: str = Field(default=DEFAULT_OPENAI_URL,
+                            description="OpenAI-compatible server (llama-server, vLLM, TEI, OpenAI, Ollama /v1); "
+                                        "follows MAHAVISHNU__LLAMA_SERVER_URL")
     model: str = "nomic-embed-text"
+    api_key: SecretStr | None = Field(default=None, description="bearer token for the OpenAI-compatible server")
+    model_path: Path | None = Field(
+        default=None, description="local provider: folder with model.onnx + tokenizer.json (Hugging Face layout)")
+    local_pooling: Literal["auto", "cls", "mean"] = Field(
+        default="auto", description="local provider: how token vectors become one (auto: from the model)")
+    local_threads: int | None = Field(default=None, ge=1, description="local provider: ONNX intra-op threads")
+    local_download: bool = Field(default=True,
+                                 description="local provider: download a named model once into <cache>/models")
+    probe_timeout_s: float = Field(default=2.0, gt=0, description="auto: deadline of each provider's probe")
     batch_size: int = Field(default=64, ge=1, le=4096)
     max_concurrency: int = Field(default=4, ge=1, le=256)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -161,10 +185,17 @@ class EmbedderSettings(_Section):
     retry_max_delay_s: float = Field(default=5.0, ge=0)
     keep_alive: str | None = "5m"
     truncate: bool = True
-    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka truncation, if the model supports it")
+    dimensions: int | None = Field(default=None, ge=1, description="Matryoshka truncation, if the model supports it; "
+                                                                   "sent as the dimensions parameter")
     normalize: bool = True
     task_prefixes: dict[str, TaskPrefixes] = Field(default_factory=_default_prefixes)
     query_cache_size: int = Field(default=2048, ge=0)
+
+    def url_for(self, provider: str) -> str:
+        """The server URL ``provider`` (``ollama`` or ``openai``) calls: ``base_url`` if set, else its own."""
+        if self.base_url:
+            return self.base_url
+        return self.openai_url if provider == "openai" else self.ollama_url
 
 
 class SessionBuddySettings(_Section):
@@ -314,9 +345,13 @@ def _mahavishnu_defaults(document: Mapping[str, Any]) -> dict[str, Any]:
     llm = document.get("llm")
     if isinstance(llm, Mapping):
         if isinstance(llm.get("ollama_base_url"), str):
-            out.setdefault("embedder", {})["base_url"] = llm["ollama_base_url"]
+            out.setdefault("embedder", {})["ollama_url"] = llm["ollama_base_url"]
+        if isinstance(llm.get("llama_server_url"), str):
+            out.setdefault("embedder", {})["openai_url"] = llm["llama_server_url"]
         if isinstance(llm.get("model"), str) and "embed" in llm["model"]:
             out.setdefault("embedder", {})["model"] = llm["model"]
+    if isinstance(document.get("llama_server_url"), str):
+        out.setdefault("embedder", {})["openai_url"] = document["llama_server_url"]
     pools = document.get("pools")
     if isinstance(pools, Mapping) and isinstance(pools.get("session_buddy_url"), str):
         out.setdefault("session_buddy", {})["mcp_url"] = pools["session_buddy_url"]
@@ -381,7 +416,8 @@ def load_settings(
                        (local_doc, str(local_file))):
         _merge(merged, _mahavishnu_defaults(doc), sources, label)
     mahavishnu_env = {
-        ("embedder", "base_url"): "MAHAVISHNU_LLM__OLLAMA_BASE_URL",
+        ("embedder", "ollama_url"): "MAHAVISHNU_LLM__OLLAMA_BASE_URL",
+        ("embedder", "openai_url"): "MAHAVISHNU__LLAMA_SERVER_URL",
         ("session_buddy", "mcp_url"): "MAHAVISHNU_POOLS__SESSION_BUDDY_URL",
     }
     for (section, field), env_name in mahavishnu_env.items():
@@ -423,7 +459,8 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
 
 # Keys whose defaults follow Mahavishnu's own settings; writing them into the block would override those.
 MAHAVISHNU_FOLLOWED_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("embedder", "base_url", "llm.ollama_base_url"),
+    ("embedder", "ollama_url", "llm.ollama_base_url"),
+    ("embedder", "openai_url", "llama_server_url (env MAHAVISHNU__LLAMA_SERVER_URL)"),
     ("embedder", "model", "llm.model"),
     ("session_buddy", "mcp_url", "pools.session_buddy_url"),
 )

@@ -58,5 +58,5 @@ def test_example_block_does_not_override_mahavishnus_own_keys(tmp_path: Path) ->
     (tmp_path / "settings").mkdir()
     (tmp_path / "settings" / "mahavishnu.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
     settings = load_settings(root=tmp_path, environ={})
-    assert settings.embedder.base_url == "http://gpu-box:11434"
+    assert settings.embedder.url_for("ollama") == "http://gpu-box:11434"
     assert settings.session_buddy.mcp_url == "http://buddy:8678/mcp"

@@ -101,7 +101,7 @@ async def test_lazy_adapter_serves_tasks_health_and_attach(
         assert empty == {"status": "ok", "op": "search", "hits": []}
         memory = adapter._memory
         assert memory is not None and memory.store.schema == schema  # the config block was used
-        assert memory.settings.embedder.base_url == "http://127.0.0.1:9"  # Mahavishnu's llm.ollama_base_url
+        assert memory.settings.embedder.url_for("ollama") == "http://127.0.0.1:9"  # Mahavishnu's llm.ollama_base_url
 
         text = "Agent run finished.\n" + format_insight_block("Mahavishnu tasks reach the memory through execute.")
         stored = await adapter.execute({"op": "remember", "content": text, "memory_type": "agent",

@@ -91,7 +91,8 @@ def test_mahavishnu_keys_are_defaults(tmp_path: Path) -> None:
         "llm": {"ollama_base_url": "http://gpu-box:11434", "model": "nomic-embed-text:v1.5"},
         "pools": {"session_buddy_url": "http://buddy:8678/mcp"}})
     settings = load_settings(root=tmp_path, environ={})
-    assert settings.embedder.base_url == "http://gpu-box:11434"
+    assert settings.embedder.ollama_url == "http://gpu-box:11434" == settings.embedder.url_for("ollama")
+    assert settings.embedder.base_url is None  # base_url is ours alone: it would also redirect the openai provider
     assert settings.embedder.model == "nomic-embed-text:v1.5"
     assert settings.session_buddy.mcp_url == "http://buddy:8678/mcp"
     # a chat model is not an embedding model: it is not taken over
@@ -100,11 +101,11 @@ def test_mahavishnu_keys_are_defaults(tmp_path: Path) -> None:
     # Mahavishnu's env and an already-parsed Mahavishnu config count too; our own block wins over them
     settings = load_settings(root=tmp_path, environ={"MAHAVISHNU_LLM__OLLAMA_BASE_URL": "http://env-ollama:1"},
                              mahavishnu_config={"pools": {"session_buddy_url": "http://parsed:2/mcp"}})
-    assert settings.embedder.base_url == "http://env-ollama:1"
+    assert settings.embedder.ollama_url == "http://env-ollama:1"
     assert settings.session_buddy.mcp_url == "http://parsed:2/mcp"
     write(tmp_path, "local.yaml", {"oneiric_memory": {"embedder": {"base_url": "http://ours:3"}}})
     assert load_settings(root=tmp_path, environ={"MAHAVISHNU_LLM__OLLAMA_BASE_URL": "http://env-ollama:1"}
-                         ).embedder.base_url == "http://ours:3"
+                         ).embedder.url_for("ollama") == "http://ours:3"
 
 
 def test_embedded_is_the_default_without_dsn_or_host(tmp_path: Path) -> None:

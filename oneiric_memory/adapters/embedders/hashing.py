@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from oneiric_memory.adapters.embedders.inputs import check_texts
+from oneiric_memory.adapters.embedders.inputs import check_query, check_texts
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -201,8 +201,7 @@ class HashingEmbedder:
         return await self._embed(list(texts), kind="documents")
 
     async def embed_query(self, text: str) -> list[float]:
-        if not isinstance(text, str):
-            raise InvalidInput(f"the query is a {type(text).__name__}, not a str: pass a string")
+        check_query(text)
         return (await self._embed([text], kind="query"))[0]
 
     async def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:

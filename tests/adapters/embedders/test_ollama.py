@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from oneiric_memory import observability
-from oneiric_memory.adapters.embedders import ollama as ollama_module
+from oneiric_memory.adapters.embedders import http_embedder as http_module
 from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.embedders.ollama import OllamaEmbedder, ollama_embedder_factory
 from oneiric_memory.adapters.embedders.selection import select_embedder
@@ -259,7 +259,7 @@ async def test_other_4xx_are_never_retried(fake: FakeOllama, make_settings: Sett
 
 
 def test_retry_after_parsing() -> None:
-    parse = ollama_module._parse_retry_after
+    parse = http_module.parse_retry_after
     assert parse("2") == 2.0
     assert parse(" 0.5 ") == 0.5
     assert parse("-3") == 0.0
@@ -273,7 +273,7 @@ def test_retry_after_parsing() -> None:
 
 
 def test_retry_delay_is_exponential_with_jitter_capped_and_honours_retry_after() -> None:
-    delay = ollama_module._retry_delay
+    delay = http_module.retry_delay
     for attempt, low, high in [(1, 0.05, 0.1), (2, 0.1, 0.2), (3, 0.2, 0.4)]:
         samples = [delay(attempt, None, base=0.1, cap=10.0) for _ in range(200)]
         assert all(low <= sample <= high for sample in samples)
@@ -596,7 +596,7 @@ async def test_defaults_follow_mahavishnus_llm_keys(fake: FakeOllama, tmp_path: 
     (tmp_path / "settings" / "mahavishnu.yaml").write_text(
         f"llm:\n  ollama_base_url: {fake.base_url}\n  model: all-minilm-embed\n", encoding="utf-8")
     settings = load_settings(root=tmp_path, environ={})
-    assert settings.embedder.base_url == fake.base_url
+    assert settings.embedder.ollama_url == fake.base_url
     assert settings.embedder.model == "all-minilm-embed"
 
     fake.models = ("all-minilm-embed",)
