@@ -1,4 +1,5 @@
-"""A real HTTP server on 127.0.0.1 that speaks enough of Ollama's API to test embedding clients.
+"""A real HTTP server on 127.0.0.1 that speaks enough of Ollama's API, and the OpenAI embeddings API that Ollama
+also serves under ``/v1`` (as llama-server, vLLM and TEI do), to test embedding clients.
 
 Ollama itself cannot run in CI, and mocking the client hides exactly the bugs that matter (connection reuse,
 timeouts, retries, refused connections). :class:`FakeOllama` is a real socket server, in the spirit of httpx's
@@ -15,7 +16,10 @@ timeouts, retries, refused connections). :class:`FakeOllama` is a real socket se
         fake.start()                         # ... and it is back, on the same port
 
 Endpoints: ``GET /api/tags``, ``POST /api/embed`` (batched), the legacy ``POST /api/embeddings``,
-``GET /api/version`` and ``GET /``. Vectors are deterministic (the hashing embedder's vectors of the exact input
+``GET /api/version``, ``GET /``, and the OpenAI-compatible ``POST /v1/embeddings`` and ``GET /v1/models``
+(``fake.openai_url``; errors as ``{"error": {"message", "type"}}``; a bearer token is required when ``api_key``
+is set). ``embed_fn`` replaces the hashing vectors with a real model's (the benchmarks serve the local ONNX
+model this way). Vectors are deterministic (the hashing embedder's vectors of the exact input
 text, so lexical neighbours are also vector neighbours), unit-normalised unless ``vector_norm`` says otherwise,
 and honour ``dimensions`` (Matryoshka truncation) unless ``supports_dimensions=False``.
 
@@ -32,7 +36,7 @@ import signal
 import socket
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +44,7 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 
 import numpy as np
+import numpy.typing as npt
 
 from oneiric_memory.adapters.embedders.hashing import hash_vectors
 
@@ -70,7 +75,9 @@ class Fault:
     drop_connection: bool = False
     """Close the connection without answering."""
     path: str | None = "/api/embed"
-    """The path this fault applies to; ``None`` matches every path."""
+    """The path this fault applies to; ``None`` matches every path (``/v1/embeddings`` for the OpenAI API)."""
+    dimension: int | None = None
+    """Answer vectors of this many dimensions (a server whose model was swapped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +164,22 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if invalid_json:
                 status, payload, content_type = 400, b'{"error":"invalid JSON in request body"}', "application/json"
+            elif path.startswith("/v1/") and not fake._authorized(self.headers.get("Authorization")):
+                status, payload, content_type = 401, json.dumps({"error": {
+                    "message": "Incorrect API key provided", "type": "invalid_request_error"}}).encode(), \
+                    "application/json"
             else:
-                status, payload, content_type = fake._answer(method, path, body)
+                status, payload, content_type = fake._answer(method, path, body,
+                                                             fault.dimension if fault is not None else None)
             if fault is not None:
                 if fault.malformed:
                     status, payload = (fault.status or 200), b'{"embeddings": [[0.1, 0.2,'
                 elif fault.body is not None:
                     status, payload = (fault.status or 200), json.dumps(fault.body).encode()
                 elif fault.status is not None:
-                    status, payload = fault.status, json.dumps({"error": f"injected fault {fault.status}"}).encode()
+                    message = f"injected fault {fault.status}"
+                    error: Any = {"message": message, "type": "server_error"} if path.startswith("/v1/") else message
+                    status, payload = fault.status, json.dumps({"error": error}).encode()
                     content_type = "application/json"
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -200,6 +214,8 @@ class FakeOllama:
         vector_norm: float = 1.0,
         supports_dimensions: bool = True,
         record: bool = True,
+        api_key: str | None = None,
+        embed_fn: Callable[[Sequence[str]], npt.NDArray[Any]] | None = None,
     ) -> None:
         if isinstance(models, str):
             models = (models,)
@@ -210,6 +226,8 @@ class FakeOllama:
         self.vector_norm = vector_norm
         self.supports_dimensions = supports_dimensions
         self.record = record
+        self.api_key = api_key
+        self.embed_fn = embed_fn
         self._port = port
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
@@ -270,6 +288,11 @@ class FakeOllama:
             raise RuntimeError("FakeOllama has no port yet: call start() (or use it as a context manager)")
         return f"http://{self.host}:{self._port}"
 
+    @property
+    def openai_url(self) -> str:
+        """The OpenAI-compatible base URL (``.../v1``), as llama-server and Ollama's own ``/v1`` are configured."""
+        return f"{self.base_url}/v1"
+
     # --- scripting and inspection ----------------------------------------------------------------
 
     def inject(
@@ -282,12 +305,13 @@ class FakeOllama:
         body: Any = None,
         drop_connection: bool = False,
         path: str | None = "/api/embed",
+        dimension: int | None = None,
         times: int = 1,
     ) -> None:
         """Queue ``times`` copies of a :class:`Fault`; each matching request consumes one, in order."""
         fault = Fault(status=status, delay_s=delay_s, malformed=malformed,
                       retry_after=None if retry_after is None else str(retry_after), body=body,
-                      drop_connection=drop_connection, path=path)
+                      drop_connection=drop_connection, path=path, dimension=dimension)
         with self._lock:
             self._faults.extend([fault] * times)
 
@@ -313,6 +337,11 @@ class FakeOllama:
     def embed_requests(self) -> list[RecordedRequest]:
         """Only the ``POST /api/embed`` requests."""
         return [r for r in self.requests if r.method == "POST" and r.path == "/api/embed"]
+
+    @property
+    def openai_requests(self) -> list[RecordedRequest]:
+        """Only the ``POST /v1/embeddings`` requests."""
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/embeddings"]
 
     @property
     def request_count(self) -> int:
@@ -368,7 +397,8 @@ class FakeOllama:
         with self._rows_lock:
             missing = [t for t in dict.fromkeys(texts) if (t, dimension) not in self._rows]
             if missing:
-                matrix = hash_vectors(missing, self.dimension)[:, :dimension]
+                full = self.embed_fn(missing) if self.embed_fn is not None else hash_vectors(missing, self.dimension)
+                matrix = np.asarray(full, dtype=np.float64)[:, :dimension]
                 norms = np.linalg.norm(matrix, axis=1, keepdims=True)
                 matrix = matrix / np.where(norms == 0, 1.0, norms) * self.vector_norm
                 if len(self._rows) + len(missing) > _ROW_CACHE_MAX:
@@ -377,7 +407,15 @@ class FakeOllama:
                     self._rows[(text, dimension)] = ("[" + ",".join(f"{x:.8g}" for x in row) + "]").encode()
             return [self._rows[(t, dimension)] for t in texts]
 
-    def _answer(self, method: str, path: str, body: Any) -> tuple[int, bytes, str]:
+    def _authorized(self, header: str | None) -> bool:
+        return self.api_key is None or header == f"Bearer {self.api_key}"
+
+    def _answer(self, method: str, path: str, body: Any, dimension: int | None = None) -> tuple[int, bytes, str]:
+        if method == "POST" and path == "/v1/embeddings":
+            return self._openai_embed(body, dimension)
+        if method == "GET" and path == "/v1/models":
+            data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
+            return 200, json.dumps({"object": "list", "data": data}).encode(), "application/json"
         if method == "GET" and path == "/api/tags":
             return 200, json.dumps({"models": [self._tag(m) for m in self.models]}).encode(), "application/json"
         if method == "GET" and path == "/api/version":
@@ -385,10 +423,42 @@ class FakeOllama:
         if method == "GET" and path == "/":
             return 200, b"Ollama is running", "text/plain; charset=utf-8"
         if method == "POST" and path in ("/api/embed", "/api/embeddings"):
-            return self._embed(path, body)
+            return self._embed(path, body, dimension)
         return 404, b"404 page not found", "text/plain; charset=utf-8"
 
-    def _embed(self, path: str, body: Any) -> tuple[int, bytes, str]:
+    def _openai_embed(self, body: Any, forced: int | None) -> tuple[int, bytes, str]:
+        def error(status: int, message: str, kind: str = "invalid_request_error") -> tuple[int, bytes, str]:
+            return status, json.dumps({"error": {"message": message, "type": kind}}).encode(), "application/json"
+
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return error(400, "you must provide a model parameter")
+        model = body["model"]
+        if not self._has_model(model):
+            return error(404, f"The model `{model}` does not exist", "model_not_found")
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return error(400, "'input' must be a non-empty string or list of strings")
+        dimension = forced or self.dimension
+        requested = body.get("dimensions")
+        if forced is None and isinstance(requested, int):
+            if not self.supports_dimensions:
+                return error(400, "This model does not support specifying dimensions.")
+            if 0 < requested < self.dimension:
+                dimension = requested
+        if forced is not None and forced > self.dimension:
+            rows = [("[" + ",".join(["0.01"] * forced) + "]").encode() for _ in texts]
+        else:
+            rows = self._rows_json(texts, dimension)
+        data = b",".join(b'{"object":"embedding","index":' + str(i).encode() + b',"embedding":' + row + b"}"
+                         for i, row in enumerate(rows))
+        tokens = sum(len(t.split()) + 1 for t in texts)
+        payload = (b'{"object":"list","data":[' + data + b'],"model":' + json.dumps(model).encode()
+                   + b',"usage":{"prompt_tokens":' + str(tokens).encode() + b',"total_tokens":'
+                   + str(tokens).encode() + b"}}")
+        return 200, payload, "application/json"
+
+    def _embed(self, path: str, body: Any, forced: int | None = None) -> tuple[int, bytes, str]:
         def error(status: int, message: str) -> tuple[int, bytes, str]:
             return status, json.dumps({"error": message}).encode(), "application/json"
 
@@ -397,9 +467,9 @@ class FakeOllama:
         model = body["model"]
         if not self._has_model(model):
             return error(404, f'model "{model}" not found, try pulling it first')
-        dimension = self.dimension
+        dimension = forced or self.dimension
         requested = body.get("dimensions")
-        if self.supports_dimensions and isinstance(requested, int) and 0 < requested < self.dimension:
+        if forced is None and self.supports_dimensions and isinstance(requested, int) and 0 < requested < self.dimension:
             dimension = requested
         if path == "/api/embeddings":
             prompt = body.get("prompt")

@@ -43,7 +43,7 @@ from oneiric.adapters.embedding.embedding_interface import (
     EmbeddingResult,
 )
 
-from oneiric_memory.adapters.embedders.inputs import check_query, check_texts
+from oneiric_memory.adapters.embedders.inputs import check_query, check_texts, task_prefixes
 from oneiric_memory.adapters.embedders.query_cache import QueryCache
 from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, OneiricMemoryError, first_error
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
@@ -251,10 +251,7 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
 
     def prefixes_for(self, model: str | None = None) -> TaskPrefixes:
         """Task prefixes configured for ``model``; ``name`` and ``name:latest`` match, then the bare name."""
-        table = {canonical_model(key): value for key, value in self._cfg.task_prefixes.items()}
-        name = canonical_model(model or self._model)
-        found = table.get(name) or table.get(name.split(":", 1)[0])
-        return found if found is not None else TaskPrefixes()
+        return task_prefixes(self._cfg.task_prefixes, model or self._model)
 
     # --- the Embedder protocol -------------------------------------------------------------------
 
