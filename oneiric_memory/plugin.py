@@ -8,6 +8,7 @@ Each factory loads the settings itself, builds its adapter and awaits ``init()``
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from oneiric_memory.errors import without_driver_chain
@@ -20,6 +21,10 @@ ADAPTER_SPECS: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
     ("memory_store", "pgvector", 700, ("vector", "text", "hybrid", "filters", "dedup", "batch", "bulk-load"),
      "PostgreSQL + pgvector memory store"),
     ("embedding", "ollama", 600, ("embed", "batch", "cache"), "Ollama embeddings (nomic-embed-text)"),
+    ("embedding", "openai", 550, ("embed", "batch", "cache", "openai-compatible"),
+     "OpenAI-compatible /v1/embeddings: llama-server, vLLM, TEI, OpenAI, Ollama /v1"),
+    ("embedding", "local", 300, ("embed", "batch", "cache", "offline", "in-process"),
+     "in-process ONNX sentence-embedding model (extra oneiric-memory[local])"),
     ("embedding", "hashing", 100, ("embed", "offline", "lexical"), "deterministic offline hashing embedder"),
     ("insight_sink", "session_buddy", 600, ("insights", "search", "mcp", "in-process"),
      "delivers insights to Session-Buddy"),
@@ -34,16 +39,17 @@ async def _pgvector_store() -> Any:
     return await pgvector_store_factory()
 
 
-async def _ollama_embedder() -> Any:
-    from oneiric_memory.adapters.embedders.ollama import ollama_embedder_factory
+def _embedder(provider: str) -> Callable[[], Awaitable[Any]]:
+    """Oneiric's zero-argument factory for one embedder: built through the selection's one way."""
 
-    return await ollama_embedder_factory()
+    async def build() -> Any:
+        from oneiric_memory.adapters.embedders.selection import build_embedder
+        from oneiric_memory.settings import load_settings
 
+        return await build_embedder(provider, load_settings())
 
-async def _hashing_embedder() -> Any:
-    from oneiric_memory.adapters.embedders.hashing import hashing_embedder_factory
-
-    return await hashing_embedder_factory()
+    build.__name__ = build.__qualname__ = f"{provider}_embedder"
+    return build
 
 
 async def _session_buddy_sink() -> Any:
@@ -60,8 +66,10 @@ async def _unified_memory() -> Any:
 
 FACTORIES = {
     ("memory_store", "pgvector"): _pgvector_store,
-    ("embedding", "ollama"): _ollama_embedder,
-    ("embedding", "hashing"): _hashing_embedder,
+    ("embedding", "ollama"): _embedder("ollama"),
+    ("embedding", "openai"): _embedder("openai"),
+    ("embedding", "local"): _embedder("local"),
+    ("embedding", "hashing"): _embedder("hashing"),
     ("insight_sink", "session_buddy"): _session_buddy_sink,
     ("memory", "unified"): _unified_memory,
 }
@@ -78,7 +86,7 @@ def oneiric_adapters() -> list[Any]:
                 category=category, provider=provider, factory=FACTORIES[(category, provider)],
                 version=__version__, description=description, capabilities=list(capabilities), priority=priority,
                 source=CandidateSource.ENTRY_POINT, owner="oneiric-memory",
-                requires_secrets=category == "memory_store",
+                requires_secrets=(category, provider) in (("memory_store", "pgvector"), ("embedding", "openai")),
                 extras={"package": "oneiric-memory", "settings_block": "oneiric_memory"},
             )
             for category, provider, priority, capabilities, description in ADAPTER_SPECS

@@ -30,7 +30,7 @@ __all__ = [
     "select_embedder",
 ]
 
-AUTO_CHAIN: tuple[str, ...] = ("ollama", "hashing")
+AUTO_CHAIN: tuple[str, ...] = ("ollama", "openai", "local", "hashing")
 """The providers ``auto`` tries, in order; the last one never fails."""
 
 
@@ -76,6 +76,18 @@ async def _ollama(settings: MemorySettings) -> Embedder:
     return await ollama_embedder_factory(settings)
 
 
+async def _openai(settings: MemorySettings) -> Embedder:
+    from oneiric_memory.adapters.embedders.openai import openai_embedder_factory
+
+    return await openai_embedder_factory(settings)
+
+
+async def _local(settings: MemorySettings) -> Embedder:
+    from oneiric_memory.adapters.embedders.local import local_embedder_factory
+
+    return await local_embedder_factory(settings)
+
+
 async def _hashing(settings: MemorySettings) -> Embedder:
     from oneiric_memory.adapters.embedders.hashing import hashing_embedder_factory
 
@@ -84,6 +96,8 @@ async def _hashing(settings: MemorySettings) -> Embedder:
 
 _FACTORIES: dict[str, Callable[[MemorySettings], Awaitable[Embedder]]] = {
     "ollama": _ollama,
+    "openai": _openai,
+    "local": _local,
     "hashing": _hashing,
 }
 
@@ -104,8 +118,42 @@ def _describe(provider: str, embedder: Embedder, requested: str) -> str:
     where = getattr(embedder, "base_url", "")
     model = getattr(embedder, "model", embedder.model_id)
     at = f" at {where}" if where else ""
-    names = {"ollama": "Ollama"}
+    names = {"ollama": "Ollama", "openai": "the OpenAI-compatible server's", "local": "the local ONNX"}
     return f"using {names.get(provider, provider)} model {model}{at} ({embedder.dimension} dims), {why}"
+
+
+async def _probe(provider: str, settings: MemorySettings) -> str:
+    """Why ``auto`` should not even try ``provider`` ("" = try it), learned within ``embedder.probe_timeout_s``.
+
+    A server must answer HTTP at its URL (any status: the full start-up checks then say what is wrong); the local
+    model must be installed and already present, since ``auto`` never starts a download.
+    """
+    cfg = settings.embedder
+    if provider == "local":
+        from oneiric_memory.adapters.embedders.local import find_local_model
+
+        folder, why = find_local_model(settings)
+        return "" if folder is not None else why
+    if provider not in ("ollama", "openai"):
+        return ""
+    import httpx
+
+    from oneiric_memory.adapters.embedders.http_embedder import redact_url
+
+    url = cfg.url_for(provider).rstrip("/")
+    probe = f"{url}/api/tags" if provider == "ollama" else (f"{url}/models" if url.endswith("/v1")
+                                                            else f"{url}/v1/models")
+    timeout = cfg.probe_timeout_s
+    try:
+        async with asyncio.timeout(timeout + 0.5), httpx.AsyncClient(timeout=timeout) as client:
+            await client.get(probe)
+    except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, ValueError) as exc:
+        what = "Ollama" if provider == "ollama" else "no OpenAI-compatible server (llama-server, vLLM, TEI)"
+        verb = "is not reachable" if provider == "ollama" else "answers"
+        return (f"{what} {verb} at {redact_url(url)} within {timeout:g}s ({type(exc).__name__}): "
+                + ("start it with `ollama serve` or set oneiric_memory.embedder.ollama_url" if provider == "ollama"
+                   else "start llama-server with --embeddings or set oneiric_memory.embedder.openai_url"))
+    return ""
 
 
 async def select_embedder(settings: MemorySettings) -> EmbedderSelection:
@@ -124,6 +172,11 @@ async def select_embedder(settings: MemorySettings) -> EmbedderSelection:
     for provider in AUTO_CHAIN:
         last = provider == AUTO_CHAIN[-1]
         try:
+            why_not = await _probe(provider, settings)
+            if why_not:
+                skipped.append(SkippedEmbedder(provider, why_not))
+                log.info("embedder-skipped", provider=provider)
+                continue
             embedder = await build_embedder(provider, settings)
         except (EmbedderError, ConfigurationError, TimeoutError) as exc:
             if last:
