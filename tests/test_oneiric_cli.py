@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.testing.fake_ollama import FakeOllama
+from oneiric_memory.testing.models import find_test_model
 from tests.cli_helpers import run_cli, store_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +48,23 @@ def test_oneiric_cli_lists_explains_activates_and_probes(oneiric_folder: Path, p
 
     explained = run_cli(["--suppress-events", "explain", "embedding"], cwd=oneiric_folder, env=env, program="oneiric")
     assert explained.returncode == 0, explained.stderr[-2000:]
-    assert "ollama" in explained.stdout and "hashing" in explained.stdout
+    for provider in ("ollama", "openai", "local", "hashing"):
+        assert provider in explained.stdout
+
+    # The OpenAI-compatible embedder against a loopback server, and the local ONNX model, by name.
+    with FakeOllama(dimension=768) as server:
+        swapped = run_cli(["--suppress-events", "swap", "embedding", "--provider", "openai"], cwd=oneiric_folder,
+                          env={**env, "MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__BASE_URL": server.openai_url},
+                          program="oneiric")
+        assert swapped.returncode == 0, swapped.stderr[-3000:]
+        assert "Swapped adapter:embedding" in swapped.stdout and server.openai_requests
+    folder, _why = find_test_model(ROOT)
+    if folder is not None:  # without the real model the local swap is covered by test_oneiric_plugin's skip
+        swapped = run_cli(["--suppress-events", "swap", "embedding", "--provider", "local"], cwd=oneiric_folder,
+                          env={**env, "MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__MODEL_PATH": str(folder),
+                               "MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__VECTOR_DIMENSION": "384"}, program="oneiric")
+        assert swapped.returncode == 0, swapped.stderr[-3000:]
+        assert "Swapped adapter:embedding" in swapped.stdout
 
     for category, provider in (("memory_store", None), ("embedding", "hashing"), ("insight_sink", None),
                                ("memory", None)):

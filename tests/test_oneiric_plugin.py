@@ -35,9 +35,9 @@ def test_entry_point_registers_all_adapters_without_errors() -> None:
     report = register_entrypoint_plugins(resolver, PluginsConfig(auto_load=True))
     assert report.errors == []
     ours = [entry for entry in report.entries if entry.entry_point == "oneiric_memory"]
-    assert len(ours) == 1 and ours[0].group == "oneiric.adapters" and ours[0].registered_candidates == 5
-    assert {("memory_store", "pgvector"), ("embedding", "ollama"), ("embedding", "hashing"),
-                     ("insight_sink", "session_buddy"), ("memory", "unified")} == PAIRS
+    assert len(ours) == 1 and ours[0].group == "oneiric.adapters" and ours[0].registered_candidates == 7
+    assert {("memory_store", "pgvector"), ("embedding", "ollama"), ("embedding", "openai"), ("embedding", "local"),
+            ("embedding", "hashing"), ("insight_sink", "session_buddy"), ("memory", "unified")} == PAIRS
     for category, provider in PAIRS:
         candidate = resolver.resolve("adapter", category, provider=provider)
         assert candidate is not None, (category, provider)
@@ -111,6 +111,35 @@ async def test_lifecycle_activates_the_hashing_embedder(env_settings: str) -> No
         assert len(await embedder.embed_query("probe")) == 768
     finally:
         await embedder.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_lifecycle_activates_the_openai_and_local_embedders(env_settings: str, monkeypatch: pytest.MonkeyPatch,
+                                                                  ) -> None:
+    from oneiric_memory.testing.fake_ollama import FakeOllama
+    from oneiric_memory.testing.models import find_test_model
+
+    lifecycle = lifecycle_with_plugins()
+    with FakeOllama(dimension=768) as server:
+        monkeypatch.setenv("MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__BASE_URL", server.base_url)  # /v1 is added
+        embedder = await lifecycle.activate("adapter", "embedding", "openai")
+        try:
+            assert embedder.model_id == "openai:nomic-embed-text" and embedder.base_url == server.openai_url
+            assert await lifecycle.probe_instance_health("adapter", "embedding") is True
+            assert len(await embedder.embed_query("through Oneiric")) == 768
+        finally:
+            await embedder.cleanup()
+    folder, why = find_test_model(Path(__file__).resolve().parents[1])
+    if folder is None:
+        pytest.skip(f"the real test model is not available: {why}")
+    monkeypatch.setenv("MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__MODEL_PATH", str(folder))
+    monkeypatch.setenv("MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__VECTOR_DIMENSION", "384")
+    local = await lifecycle.swap("adapter", "embedding", "local")
+    try:
+        assert local.model_id.startswith("local:") and local.dimension == 384
+        assert await lifecycle.probe_instance_health("adapter", "embedding") is True
+    finally:
+        await local.cleanup()
 
 
 @pytest.mark.asyncio
