@@ -349,6 +349,50 @@ def _notes(results: Sequence[Result], queries: int) -> list[str]:
     return notes
 
 
+async def local_sections(args: argparse.Namespace, eval_set: EvalSet, default: Config) -> list[str]:
+    """The local ONNX model in process, then the same model served by a loopback OpenAI-compatible server.
+
+    Both load the same documents into their own schema, so the second row shows what the HTTP client layer
+    (batching, JSON, retries) costs or changes on top of the same vectors.
+    """
+    from oneiric_memory.adapters.embedders.local import local_embedder_factory
+    from oneiric_memory.adapters.embedders.openai import openai_embedder_factory
+    from oneiric_memory.testing.fake_ollama import FakeOllama
+    from oneiric_memory.testing.models import find_test_model
+
+    folder, why = (args.local_model, "") if args.local_model else find_test_model(Path(__file__).parents[1])
+    if folder is None:
+        return [f"### Local embedder\n\nNot measured in this run: {why}\n"]
+    out: list[str] = []
+    settings = load_settings({"postgres": {"db_schema": "om_eval_local", "vector_dimension": 384},
+                              "embedder": {"provider": "local", "model_path": str(folder)}})
+    local = await local_embedder_factory(settings)
+    try:
+        results, facts = await evaluate(local, settings, eval_set, "local")
+        text = embedder_section(f"Local embedder ({folder.name}, in-process ONNX, {local.pooling} pooling)", facts,
+                                results, default, len(eval_set.queries))
+        out.append(text)
+        print(text)
+        with FakeOllama(dimension=local.dimension, models=("bge-small-en",), embed_fn=local.embed_sync,
+                        record=False) as server:
+            served = load_settings({"postgres": {"db_schema": "om_eval_openai", "vector_dimension": 384},
+                                    "embedder": {"provider": "openai", "base_url": server.openai_url,
+                                                 "model": "bge-small-en", "request_timeout_s": 300,
+                                                 "total_timeout_s": 600}})
+            client = await openai_embedder_factory(served)
+            try:
+                results, facts = await evaluate(client, served, eval_set, "openai")
+            finally:
+                await client.cleanup()
+        text = embedder_section("OpenAI-compatible embedder (the same model behind a loopback /v1/embeddings)",
+                                facts, results, default, len(eval_set.queries))
+        out.append(text)
+        print(text)
+    finally:
+        await local.cleanup()
+    return out
+
+
 async def main_async(args: argparse.Namespace) -> int:
     eval_set = await asyncio.to_thread(load_eval_set, args.eval_set)
     command = "uv run python benchmarks/eval_retrieval.py"
@@ -388,6 +432,9 @@ async def main_async(args: argparse.Namespace) -> int:
         sections.append(text)
         print(text)
 
+    if not args.skip_local:
+        sections.extend(await local_sections(args, eval_set, default))
+
     if not args.no_write:
         write_section(args.docs, render_section(eval_set, sections, command))
         print(f"wrote the retrieval-eval section of {args.docs}")
@@ -400,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--skip-ollama", action="store_true", help="do not try the Ollama embedder")
+    parser.add_argument("--skip-local", action="store_true",
+                        help="do not run the local ONNX model (in process, and served over the OpenAI API)")
+    parser.add_argument("--local-model", type=Path, default=None,
+                        help="folder with model.onnx + tokenizer.json (default: shared/tools/fetch-bge-small)")
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))
 

@@ -522,9 +522,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dimension", type=int, default=768)
     parser.add_argument("--model", action="append", dest="models", help="a pulled model (repeatable)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--model-path", default=None,
+                        help="serve a real ONNX model's vectors (a folder with model.onnx + tokenizer.json)")
     args = parser.parse_args(argv)
-    fake = FakeOllama(args.dimension, tuple(args.models or ("nomic-embed-text",)), host=args.host,
-                      port=args.port, latency_s=args.latency, record=False)
+    embed_fn = None
+    dimension = args.dimension
+    if args.model_path:
+        import asyncio
+
+        from oneiric_memory.adapters.embedders.local import LocalEmbedder
+        from oneiric_memory.settings import load_settings
+
+        local = LocalEmbedder(load_settings({"embedder": {"provider": "local", "model_path": args.model_path},
+                                             "postgres": {"vector_dimension": args.dimension}}, environ={}))
+        asyncio.run(local.init())
+        embed_fn, dimension = local.embed_sync, local.dimension
+    fake = FakeOllama(dimension, tuple(args.models or ("nomic-embed-text",)), host=args.host,
+                      port=args.port, latency_s=args.latency, record=False, embed_fn=embed_fn)
     with _terminate_on_signals() as stop, fake:
         print(fake.base_url, flush=True)
         stop.wait()
