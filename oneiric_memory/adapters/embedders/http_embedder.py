@@ -133,6 +133,8 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
     """How messages name the server ("Ollama", "the OpenAI-compatible server")."""
     example_url: ClassVar[str] = ""
     embed_path: ClassVar[str] = ""
+    checks_reachability: ClassVar[bool] = False
+    """True when ``_start_checks`` already failed fast on a refused connection (the probe may then retry)."""
 
     def __init__(self, settings: MemorySettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         cfg = settings.embedder
@@ -294,7 +296,7 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
                     await self._start_checks(deadline)
                     probe = await self._embed_batch([self.prefixes_for().document + "dimension probe"],
                                                     model=self._model, normalize=False, deadline=deadline,
-                                                    retry_connect=False)
+                                                    retry_connect=not self.checks_reachability)
             except TimeoutError:
                 raise EmbedderUnavailable(
                     f"{self.server_name} at {self._public_url} did not answer the start-up checks within "
@@ -627,7 +629,9 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
                 async with self._semaphore:
                     response = await client.request(method, path, json=payload)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if not retry_connect:
+                # Refused means nothing listens: not a blip, so start-up fails at once. A connect timeout may be
+                # an overloaded machine, so it is retried like any transient fault.
+                if not retry_connect and isinstance(exc, httpx.ConnectError):
                     raise EmbedderUnavailable(self._unreachable(), cause=type(exc).__name__) from None
                 kind, problem = "unreachable", type(exc).__name__
             except httpx.TimeoutException as exc:

@@ -39,6 +39,7 @@ class OllamaEmbedder(HttpEmbedder):
     server_name: ClassVar[str] = "Ollama"
     example_url: ClassVar[str] = DEFAULT_OLLAMA_URL
     embed_path: ClassVar[str] = "/api/embed"
+    checks_reachability: ClassVar[bool] = True
 
     async def _start_checks(self, deadline: float) -> None:
         models = await self._fetch_tags(deadline, retry_connect=False)

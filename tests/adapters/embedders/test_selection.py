@@ -18,7 +18,7 @@ from oneiric_memory.errors import EmbedderUnavailable, SchemaMismatch
 from oneiric_memory.settings import MemorySettings, load_settings
 from oneiric_memory.testing.fake_ollama import FakeOllama
 from oneiric_memory.testing.models import find_test_model
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port here
