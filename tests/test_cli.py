@@ -107,6 +107,10 @@ def test_ops_commands_stats_doctor_maintain_backup_restore(tmp_path: Path, cli_e
     stats = invoke(["stats", "--json"], env=cli_env, root=tmp_path)
     assert stats.returncode == 0, stats.stderr
     assert "pool" in json.loads(stats.stdout)
+    readable = invoke(["stats"], env=cli_env, root=tmp_path)  # tables by default, not a dict's repr
+    assert readable.returncode == 0, readable.stderr
+    assert "pool" in readable.stdout and "vector_index" in readable.stdout and "memories" in readable.stdout
+    assert "{'" not in readable.stdout and "': " not in readable.stdout
     doctor = invoke(["doctor", "--json", "--no-canary"], env=cli_env, root=tmp_path)
     assert doctor.returncode in (0, EXIT_CODES["check_failed"]), doctor.stderr
     report = json.loads(doctor.stdout)

@@ -208,6 +208,8 @@ def search(
     """Search the PostgreSQL memory."""
     _check_mode(mode)
     _check_limit(limit)
+    if min_score is not None and min_score != min_score:
+        raise invalid("--min-score must be a number, not NaN", field="min_score")
     check_query(query)
     filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
                             workflow_id=workflow_id, repo_id=repo_id, metadata=meta)
@@ -217,9 +219,13 @@ def search(
             return await memory.search(query, mode=mode, filters=filters, limit=limit)  # type: ignore[arg-type]
 
     hits = run(work)
+    note = getattr(hits, "note", None)
+    if note:  # the default mode could not run (embedder down) and text search answered instead
+        err_console.print(f"note: {note}", highlight=False)
+    ran = getattr(hits, "mode", None)
     if min_score is not None:
         hits = [hit for hit in hits if hit.score >= min_score]
-    print_hits(hits, as_json, f"search: {query!r}")
+    print_hits(hits, as_json, f"search ({ran}): {query!r}" if ran else f"search: {query!r}")
 
 
 def unified_search(

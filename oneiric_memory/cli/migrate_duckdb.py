@@ -183,6 +183,10 @@ def register(app: typer.Typer) -> None:
             raise UsageProblem("--sample must be a positive number of rows")
         if not actions and path is None:
             raise UsageProblem("give the PATH of reflection.duckdb (or --rollback/--validate/--list)")
+        if project is not None:
+            from oneiric_memory.records import SearchFilters
+
+            SearchFilters(projects=[project]).validate()  # a hostile --project fails before anything opens
 
         def emit(data: dict[str, Any]) -> None:
             print_json(data)
