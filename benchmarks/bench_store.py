@@ -60,6 +60,7 @@ from benchmarks.synthetic_data import (
     make_queries,
 )
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, SearchPlan
+from oneiric_memory.adapters.pgvector.writes import staging_rows
 from oneiric_memory.records import MemoryRecord, SearchFilters, content_hash
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -204,7 +205,7 @@ class Bench:
 class ExactOnlyStore(PgvectorMemoryStore):
     """Benchmark-only: every filtered search takes the exact path (the store's own line is bypassed)."""
 
-    def _exact_cap(self, limit: int, table_rows: float | None) -> int:
+    def exact_cap(self, limit: int, table_rows: float | None) -> int:
         return 10**9
 
 
@@ -293,7 +294,8 @@ def client_costs(store: PgvectorMemoryStore, corpus: SyntheticCorpus, rows: int 
 
     records = step("build MemoryRecords (caller, incl. numpy tolist)", lambda: records_for(corpus, 0, rows))
     step("store.validate", lambda: store.validate(records))
-    step("store._staging_rows (hash, float copy, staging tuples)", lambda: store._staging_rows(records))
+    step("writes.staging_rows (hash, float copy, staging tuples)",
+         lambda: staging_rows(records, store_model=store.embedding_model))
     step("halfvec binary encoding (both paths)", lambda: [HalfVector(r.embedding).to_binary() for r in records])
     step("raw COPY tuples (incl. numpy tolist, hash)", lambda: [
         (uuid.uuid4(), corpus.texts[i], content_hash(corpus.texts[i]), corpus.vectors[i].tolist())
@@ -399,7 +401,7 @@ async def probe_costs(store: PgvectorMemoryStore, filters: SearchFilters) -> tup
                                  "set_config('jit', 'off', true)")
         rows = await connection.fetchval("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)",
                                          f"{store.schema}.memories")
-        cap = store._exact_cap(K, float(rows) if rows and rows > 0 else None)
+        cap = store.exact_cap(K, float(rows) if rows and rows > 0 else None)
         for _ in range(30):
             latency, _ = await timed(lambda: connection.fetchval(estimate_sql(table, where), *params.values))
             estimate.append(latency)
@@ -670,7 +672,7 @@ def _interpretation(b: Bench, raw_rate: float, load_rate: float, build_s: float,
     ok = "met" if load_rate >= 0.8 * raw_rate else "not met"
     out.append(f"- Bulk load >= 0.8 x raw COPY: **{ok}** ({load_rate / raw_rate:.2f} x). Server side the store "
                "costs little more than COPY (staging COPY + one `INSERT ... ON CONFLICT` + the id join); the gap "
-               "is client CPU: validating each 768-d embedding and copying it again in `_staging_rows` (see the "
+               "is client CPU: validating each 768-d embedding and copying it again in `writes.staging_rows` (see the "
                "per-row breakdown above), on a machine whose two cores the client and the server share. "
                "Recommended write-path fixes, in order: copy the embedding with `list(...)` once it is known to "
                "hold plain floats, and check it in C-level passes only (already done for the check itself).")

@@ -217,20 +217,6 @@ async def test_poorly_estimated_filters_are_counted(corpus: Corpus) -> None:
 # --- the plan follows selectivity, per call ---------------------------------------------------------------
 
 
-async def test_exact_path_line_and_filtered_ef(pg_data_dir: Path) -> None:
-    """The exact/ANN line grows with sqrt(limit x table rows), bounded by the setting; filtered ef grows too."""
-    store = PgvectorMemoryStore(make_settings(pg_data_dir))  # not initialized: pure arithmetic
-    assert store.settings.search.exact_search_max_rows == 15_000
-    assert store._exact_cap(20, 150_000) == 6708  # sqrt(15 * 20 * 150k)
-    assert store._exact_cap(20, 1_000_000) == 15_000  # capped by search.exact_search_max_rows
-    assert store._exact_cap(20, 500) == 1000  # floor: tiny tables are always exact below 1,000 rows
-    assert store._exact_cap(20, None) == 15_000  # never analyzed: the setting alone
-    assert store._filtered_ef(100, 20, 15_000, 150_000) == 200  # 10%: limit / selectivity, at most 2x
-    assert store._filtered_ef(100, 20, 75_000, 150_000) == 100  # 50%: the base value is enough
-    assert store._filtered_ef(990, 20, 1_500, 150_000) == 1000  # never above pgvector's maximum
-    assert store._filtered_ef(100, 20, None, 150_000) == 100
-
-
 async def test_plan_changes_with_selectivity_on_every_call(corpus: Corpus) -> None:
     query = _query(corpus, 3).tolist()
     # Alternate many times on the same pooled connections: asyncpg's cached prepared statements must not

@@ -19,6 +19,7 @@ import pytest
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
+from oneiric_memory.adapters.pgvector.writes import STAGING_COLUMNS
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, StoreUnavailable
 from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, SearchFilters
@@ -238,16 +239,12 @@ async def test_a_record_failing_inside_the_transaction_rolls_back_the_whole_batc
     class CorruptingStore(PgvectorMemoryStore):
         attempts = 0
 
-        def _staging_rows(self, records: Sequence[MemoryRecord],
-                          mode: str = "keep_first") -> tuple[list[tuple[Any, ...]], list[int]]:
-            rows, first_of = super()._staging_rows(records, mode)
-            last = list(rows[-1])
-            last[3] = "bogus"  # memory_type column of the staging row
-            return [*rows[:-1], tuple(last)], first_of
-
-        async def _upsert_transaction(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        async def _upsert(self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
+                          insights: Sequence[Sequence[Insight]] | None) -> list[asyncpg.Record]:
             type(self).attempts += 1
-            return await super()._upsert_transaction(*args, **kwargs)
+            last = list(rows[-1])
+            last[STAGING_COLUMNS.index("memory_type")] = "bogus"
+            return await super()._upsert([*rows[:-1], tuple(last)], mode, records, insights)
 
     corrupting = CorruptingStore(store.settings)
     await corrupting.init()
@@ -398,13 +395,13 @@ async def test_bulk_loading_rebuilds_the_vector_index_with_a_pool_of_one(
     """Regression: build_vector_index used to acquire a second connection while holding one."""
     settings = make_settings(pg_data_dir, postgres={"max_connections": 1, "acquire_timeout_s": 3.0})
     async with opened_store(settings) as store:
-        assert await store._vector_index_name() == "memories_embedding_hnsw"
+        assert await store.vector_index_name() == "memories_embedding_hnsw"
         async with store.bulk_loading():
-            assert await store._vector_index_name() is None
+            assert await store.vector_index_name() is None
             await store.upsert_many([rec(f"bulk {i}", i) for i in range(50)])
-        assert await store._vector_index_name() == "memories_embedding_hnsw"
+        assert await store.vector_index_name() == "memories_embedding_hnsw"
         assert await store.build_vector_index(index_type="ivfflat") == "memories_embedding_ivfflat"
-        assert await store._vector_index_name() == "memories_embedding_ivfflat"
+        assert await store.vector_index_name() == "memories_embedding_ivfflat"
         async with store.gate.acquire() as connection:
             built = await connection.fetchval(f"SELECT index_built_rows FROM {store.table('embedding_meta')}")
         assert built == 50
@@ -414,7 +411,7 @@ async def test_bulk_loading_rebuilds_the_vector_index_with_a_pool_of_one(
 
 async def test_ivfflat_is_not_built_on_an_empty_table(store: PgvectorMemoryStore) -> None:
     assert await store.build_vector_index(index_type="ivfflat") is None
-    assert await store._vector_index_name() == "memories_embedding_hnsw"
+    assert await store.vector_index_name() == "memories_embedding_hnsw"
 
 
 async def test_health_component_health_and_idempotent_init(store: PgvectorMemoryStore) -> None:

@@ -4,12 +4,12 @@ Import the store and its factory from here; the modules inside are its named par
 """
 
 from oneiric_memory.adapters.pgvector.bootstrap import schema_migrator
+from oneiric_memory.adapters.pgvector.indexes import ivfflat_lists_for
 from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
+from oneiric_memory.adapters.pgvector.planner import SearchPlan
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
-    SearchPlan,
-    ivfflat_lists_for,
     pgvector_store_factory,
 )
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -34,8 +32,24 @@ from oneiric_memory.adapters.pgvector.connection import (
 )
 from oneiric_memory.adapters.pgvector.direct import DirectSession, direct_session, flush_statistics
 from oneiric_memory.adapters.pgvector.gauges import register_metrics
+from oneiric_memory.adapters.pgvector.indexes import (
+    build_vector_index,
+    drop_vector_index,
+    vector_index_name,
+)
 from oneiric_memory.adapters.pgvector.migration_ledger import MigrationLedger
 from oneiric_memory.adapters.pgvector.outbox import OutboxQueue
+from oneiric_memory.adapters.pgvector.planner import (
+    SearchPlan,
+    check_search_knobs,
+    decide_by_count,
+    decide_by_estimate,
+    ef_search_for,
+    exact_cap,
+    filtered_ef,
+    plan_rows,
+    search_knobs,
+)
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta, quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
     Params,
@@ -50,6 +64,7 @@ from oneiric_memory.adapters.pgvector.search_sql import (
     vector_branch,
     vector_search_sql,
 )
+from oneiric_memory.adapters.pgvector.writes import staging_rows, upsert_batch
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, without_driver_chain
 from oneiric_memory.insights import Insight
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
@@ -61,7 +76,6 @@ from oneiric_memory.records import (
     StoredMemory,
     UpsertResult,
     check_embedding,
-    content_hash,
 )
 from oneiric_memory.settings import MemorySettings, load_settings
 
@@ -72,11 +86,6 @@ __all__ = ["PendingMemory", "PgvectorMemoryStore", "SearchPlan", "pgvector_store
 
 _HIT_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.metadata, m.agent_id, m.workflow_id, m.repo_id, "
                 "m.session_id, m.source_system, m.created_at")
-_INDEX_BUILD_TIMEOUT_S = 24 * 3600.0  # an index build on millions of rows takes far longer than a query
-_STAGING_COLUMNS = ("ord", "id", "project", "memory_type", "source_system", "agent_id", "workflow_id", "repo_id",
-                    "session_id", "content", "content_hash", "metadata", "embedding", "embedding_model",
-                    "created_at", "expires_at", "copies")
-
 
 @dataclass(frozen=True, slots=True)
 class PendingMemory:
@@ -86,23 +95,6 @@ class PendingMemory:
     id: uuid.UUID
     content: str
     created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SearchPlan:
-    """How a vector search was executed: ``exact`` (B-tree + sort) or ``ann`` (vector index scan).
-
-    ``probe`` says what decided the path: ``none`` (no filter), ``estimate`` (the planner's row estimate,
-    ``estimated_rows``) or ``count`` (a count capped at ``exact_search_max_rows + 1``,
-    ``matching_rows_capped``). ``fallback`` is true when an ANN answer came back short and was redone exactly.
-    """
-
-    path: Literal["exact", "ann", "none"]
-    matching_rows_capped: int | None
-    ef_search: int
-    probe: Literal["none", "estimate", "count"] = "none"
-    estimated_rows: int | None = None
-    fallback: bool = False
 
 
 class PgvectorMemoryStore:
@@ -353,12 +345,12 @@ class PgvectorMemoryStore:
         mode = on_conflict or self.settings.postgres.on_conflict
         if mode not in ("keep_first", "refresh"):
             raise InvalidInput(f"on_conflict {mode!r} is unknown; use keep_first or refresh", field="on_conflict")
-        rows, first_of = self._staging_rows(records, mode)
+        rows, first_of = staging_rows(records, mode=mode, store_model=self.embedding_model)
         with span("store.upsert_many", rows=len(records), on_conflict=mode):
             INSTRUMENTS.batch_size.record(len(records), {"operation": "upsert"})
             result_rows = await run_with_retries(
                 self.settings.postgres, "storing memories",
-                lambda: self._upsert_transaction(rows, mode, records, insights))
+                lambda: self._upsert(rows, mode, records, insights))
         by_ord = {row["ord"]: row for row in result_rows}
         ids: list[uuid.UUID] = []
         inserted: list[bool] = []
@@ -371,117 +363,10 @@ class PgvectorMemoryStore:
         INSTRUMENTS.dedup_hits.add(result.duplicate_count)
         return result
 
-    def _staging_rows(self, records: Sequence[MemoryRecord],
-                      mode: str = "keep_first") -> tuple[list[tuple[Any, ...]], list[int]]:
-        """One staging row per dedup key; ``first_of[i]`` is the input index whose row stands for record ``i``.
-
-        A later copy inside the batch acts like a copy from a later batch: under ``keep_first`` it only fills a
-        pending embedding; under ``refresh`` it merges its metadata and replaces embedding and expiry.
-        """
-        staged: dict[int, dict[str, Any]] = {}
-        seen: dict[tuple[str, str, str], int] = {}
-        first_of: list[int] = []
-        for index, record in enumerate(records):
-            digest = content_hash(record.content)
-            key = (record.project, record.memory_type, digest)
-            embedding = [float(x) for x in record.embedding] if record.embedding is not None else None
-            model = (record.embedding_model or self.embedding_model) if embedding is not None else None
-            first = seen.get(key)
-            if first is not None:
-                first_of.append(first)
-                row = staged[first]
-                row["copies"] += 1
-                if embedding is not None and (mode == "refresh" or row["embedding"] is None):
-                    row["embedding"], row["embedding_model"] = embedding, model
-                if mode == "refresh":
-                    row["metadata"] = {**row["metadata"], **record.metadata}
-                    row["expires_at"] = record.expires_at
-                continue
-            seen[key] = index
-            first_of.append(index)
-            staged[index] = {
-                "ord": index, "id": record.id or uuid.uuid4(), "project": record.project, "memory_type": record.memory_type,
-                "source_system": record.source_system, "agent_id": record.agent_id,
-                "workflow_id": record.workflow_id, "repo_id": record.repo_id, "session_id": record.session_id,
-                "content": record.content, "content_hash": digest, "metadata": dict(record.metadata),
-                "embedding": embedding, "embedding_model": model, "created_at": record.created_at,
-                "expires_at": record.expires_at, "copies": 1,
-            }
-        rows = [tuple(json.dumps(row[c]) if c == "metadata" else row[c] for c in _STAGING_COLUMNS)
-                for row in staged.values()]
-        return rows, first_of
-
-    async def _upsert_transaction(
-        self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
-        insights: Sequence[Sequence[Insight]] | None,
-    ) -> list[asyncpg.Record]:
-        memories = self.table("memories")
-        # Every duplicate is recorded (seen_count, last_seen_at); see upsert_many for the metadata policy.
-        seen = "seen_count = m.seen_count + EXCLUDED.seen_count, last_seen_at = now()"
-        if mode == "refresh":
-            conflict = (f"DO UPDATE SET {seen}, embedding = coalesce(EXCLUDED.embedding, m.embedding), "
-                        "embedding_model = CASE WHEN EXCLUDED.embedding IS NULL THEN m.embedding_model "
-                        "ELSE EXCLUDED.embedding_model END, metadata = m.metadata || EXCLUDED.metadata, "
-                        "expires_at = EXCLUDED.expires_at, updated_at = now()")
-        else:  # keep the first copy, but complete it if it is still pending
-            fills = "m.embedding IS NULL AND EXCLUDED.embedding IS NOT NULL"
-            conflict = (f"DO UPDATE SET {seen}, "
-                        f"embedding = CASE WHEN {fills} THEN EXCLUDED.embedding ELSE m.embedding END, "
-                        f"embedding_model = CASE WHEN {fills} THEN EXCLUDED.embedding_model ELSE m.embedding_model END, "
-                        f"updated_at = CASE WHEN {fills} THEN now() ELSE m.updated_at END")
+    async def _upsert(self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
+                      insights: Sequence[Sequence[Insight]] | None) -> list[asyncpg.Record]:
         async with self.gate.acquire() as connection, connection.transaction():
-            await connection.execute(
-                f"CREATE TEMP TABLE om_staging (ord integer, id uuid, project text, memory_type text, "
-                f"source_system text, agent_id text, workflow_id text, repo_id text, session_id text, content text, "
-                f"content_hash text, metadata text, embedding {self._vector_sql_type()}, embedding_model text, "
-                f"created_at timestamptz, expires_at timestamptz, copies integer) ON COMMIT DROP")
-            await connection.copy_records_to_table("om_staging", records=rows, columns=_STAGING_COLUMNS)
-            await connection.execute(
-                f"INSERT INTO {memories} AS m (id, project, memory_type, source_system, agent_id, workflow_id, "
-                "repo_id, session_id, content, content_hash, metadata, embedding, embedding_model, created_at, "
-                "updated_at, expires_at, seen_count) "
-                "SELECT id, project, memory_type, source_system, agent_id, workflow_id, repo_id, session_id, content, "
-                "content_hash, metadata::jsonb, embedding, embedding_model, coalesce(created_at, now()), now(), "
-                # key order: concurrent batches lock their rows in the same order, so they cannot deadlock
-                f"expires_at, copies FROM om_staging ORDER BY project, memory_type, content_hash "
-                f"ON CONFLICT (project, memory_type, content_hash) {conflict}")
-            result = await connection.fetch(
-                f"SELECT s.ord, m.id, m.project, (m.id = s.id) AS inserted FROM om_staging s JOIN {memories} m "
-                "ON m.project = s.project AND m.memory_type = s.memory_type AND m.content_hash = s.content_hash")
-            if insights is not None:
-                await self._enqueue_insights(connection, result, records, insights)
-        return list(result)
-
-    async def _enqueue_insights(self, connection: asyncpg.Connection, result: Sequence[asyncpg.Record],
-                                records: Sequence[MemoryRecord], insights: Sequence[Sequence[Insight]]) -> None:
-        id_of = {row["ord"]: row["id"] for row in result}
-        payload: list[dict[str, Any]] = []
-        seen: set[tuple[str, str]] = set()
-        for index, items in enumerate(insights):
-            if not items:
-                continue
-            record = records[index]
-            memory_id = id_of.get(index)
-            if memory_id is None:  # a duplicate inside the batch: attach to its first copy
-                first = next(i for i, r in enumerate(records)
-                             if (r.project, r.memory_type, content_hash(r.content))
-                             == (record.project, record.memory_type, content_hash(record.content)))
-                memory_id = id_of[first]
-            for item in items:
-                if (record.project, item.insight_id) in seen:
-                    continue
-                seen.add((record.project, item.insight_id))
-                payload.append({"project": record.project, "insight_id": item.insight_id,
-                                "memory_id": str(memory_id), "content": item.content,
-                                "insight_type": item.insight_type, "topics": list(item.topics)})
-        if payload:
-            await connection.execute(
-                f"INSERT INTO {self.table('insight_outbox')} (project, insight_id, memory_id, content, insight_type, "
-                "topics) SELECT x.project, x.insight_id, x.memory_id, x.content, x.insight_type, "
-                "ARRAY(SELECT jsonb_array_elements_text(x.topics)) "
-                "FROM jsonb_to_recordset($1::text::jsonb) AS x(project text, insight_id text, memory_id uuid, "
-                "content text, insight_type text, topics jsonb) ON CONFLICT (project, insight_id) DO NOTHING",
-                json.dumps(payload))
+            return await upsert_batch(connection, self.names, self._vector_sql_type(), rows, mode, records, insights)
 
     def _vector_sql_type(self) -> str:
         return f"{self.vector_type}({self.dimension})"
@@ -493,60 +378,23 @@ class PgvectorMemoryStore:
         Searches during the load take the exact path. The rebuild raises ``maintenance_work_mem`` and
         disables the statement timeout for its own transaction only.
         """
-        index = await self._vector_index_name()
-        if index is not None:
-            async with self.gate.acquire() as connection:
-                await connection.execute(f"DROP INDEX IF EXISTS {self.names.index(index)}")
+        async with self.gate.acquire() as connection:
+            await drop_vector_index(connection, self.names)
         try:
             yield
         finally:
             await self.build_vector_index()
 
-    async def _vector_index_name(self, connection: asyncpg.Connection | None = None) -> str | None:
-        """Name of the vector index on ``memories``; pass ``connection`` when already holding one."""
-        if connection is None:
-            async with self.gate.acquire() as acquired:
-                return await self._vector_index_name(acquired)
-        name = await connection.fetchval(
-            "SELECT ic.relname FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
-            "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "JOIN pg_am am ON am.oid = ic.relam "
-            "WHERE n.nspname = $1 AND c.relname = 'memories' AND am.amname IN ('hnsw', 'ivfflat') LIMIT 1",
-            self.schema)
-        return str(name) if name is not None else None
+    async def vector_index_name(self) -> str | None:
+        """Name of the vector index on ``memories`` (valid or not), if any."""
+        async with self.gate.acquire() as connection:
+            return await vector_index_name(connection, self.schema)
 
     async def build_vector_index(self, *, index_type: Literal["hnsw", "ivfflat"] | None = None) -> str | None:
         """(Re)build the vector index; IVFFlat ``lists`` come from the row count. Returns the index name."""
-        pg = self.settings.postgres
-        kind = index_type or pg.index_type
-        memories = self.table("memories")
-        ops = f"{self.vector_type}_cosine_ops"
         async with self.gate.acquire() as connection:
-            rows = int(await connection.fetchval(f"SELECT count(*) FROM {memories} WHERE embedding IS NOT NULL"))
-            if kind == "ivfflat" and rows == 0:
-                return None  # an IVFFlat index built on no rows clusters nothing
-            # Same connection: a second acquire while holding this one deadlocks a pool of size 1.
-            existing = await self._vector_index_name(connection)
-            async with connection.transaction():
-                await connection.execute(
-                    "SELECT set_config('maintenance_work_mem', $1, true), set_config('statement_timeout', '0', true)",
-                    pg.bulk_maintenance_work_mem)
-                if existing is not None:
-                    await connection.execute(f"DROP INDEX IF EXISTS {self.names.index(existing)}")
-                if kind == "hnsw":
-                    name = "memories_embedding_hnsw"
-                    ddl = (f'CREATE INDEX "{name}" ON {memories} USING hnsw (embedding {ops}) '
-                           f"WITH (m = {int(pg.hnsw_m)}, ef_construction = {int(pg.hnsw_ef_construction)})")
-                else:
-                    name = "memories_embedding_ivfflat"
-                    lists = pg.ivfflat_lists or ivfflat_lists_for(rows)
-                    ddl = f'CREATE INDEX "{name}" ON {memories} USING ivfflat (embedding {ops}) WITH (lists = {lists})'
-                # statement_timeout is off for this transaction; the client-side command timeout must be too
-                await connection.execute(ddl, timeout=_INDEX_BUILD_TIMEOUT_S)
-                await connection.execute(
-                    f"UPDATE {self.table('embedding_meta')} SET index_built_rows = $1, index_built_at = now()", rows)
-            await connection.execute(f"ANALYZE {memories}")
-        return name
+            return await build_vector_index(connection, self.names, self.settings.postgres,
+                                            vector_type=self.vector_type, index_type=index_type)
 
     # --- pending embeddings (backfill) ---------------------------------------------------------------
 
@@ -866,7 +714,7 @@ class PgvectorMemoryStore:
         tw = ss.text_weight if text_weight is None else text_weight
         k = ss.rrf_k if rrf_k is None else rrf_k
         self._check_search_args(mode, query_text, query_embedding, limit, filters)
-        _check_search_knobs(ef_search=ef_search, vector_weight=vw, text_weight=tw, rrf_k=k, min_score=min_score)
+        check_search_knobs(ef_search=ef_search, vector_weight=vw, text_weight=tw, rrf_k=k, min_score=min_score)
         watch = Stopwatch()
         with span("store.search", mode=mode, limit=limit, filtered=not (filters is None or filters.is_empty())) as sp:
             hits, plan = await run_with_retries(self.settings.postgres, f"{mode} search", lambda: self._search(
@@ -921,7 +769,7 @@ class PgvectorMemoryStore:
         gate = self._read_gate or self.gate
         async with gate.acquire() as connection:
             knobs = ", ".join(f"set_config({quote_literal(name)}, {quote_literal(value)}, true)"
-                              for name, value in self._knobs(ef_search))
+                              for name, value in search_knobs(self.settings, ef_search))
             try:
                 await connection.execute(f"BEGIN READ ONLY; SELECT {knobs}")
                 yield connection
@@ -932,26 +780,9 @@ class PgvectorMemoryStore:
                 raise
             await connection.execute("COMMIT")
 
-    def _knobs(self, ef_search: int) -> list[tuple[str, str]]:
-        """Every search knob. ``jit = off``: a search never profits from JIT, and its compile time (tens of ms)
-        is paid whenever a misestimated plan crosses ``jit_above_cost``; ``force_custom_plan`` keeps the
-        HNSW-vs-B-tree choice per call under asyncpg's prepared-statement cache."""
-        ss = self.settings.search
-        knobs: list[tuple[str, str]] = [("plan_cache_mode", "force_custom_plan"), ("jit", "off")]
-        if self.settings.postgres.index_type == "hnsw":
-            knobs += [("hnsw.ef_search", str(int(ef_search))), ("hnsw.iterative_scan", ss.iterative_scan),
-                      ("hnsw.max_scan_tuples", str(int(ss.max_scan_tuples)))]
-        else:
-            knobs += [("ivfflat.probes", str(int(ss.ivfflat_probes or 10))),
-                      ("ivfflat.iterative_scan", "off" if ss.iterative_scan == "off" else "relaxed_order")]
-        return knobs
-
     def _ef_search(self, ef_search: int | None, limit: int, candidates: int) -> int:
-        """``ef_search`` for this call: the override or the setting, never below the rows asked for, <= 1000."""
-        value = ef_search if ef_search is not None else self.settings.search.ef_search
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_EF_SEARCH:
-            raise InvalidInput(f"ef_search must be an integer between 1 and {_MAX_EF_SEARCH} (pgvector's maximum)")
-        return min(max(value, limit, candidates), _MAX_EF_SEARCH)
+        return ef_search_for(ef_search if ef_search is not None else self.settings.search.ef_search, limit,
+                             candidates)
 
     async def plan_vector_search(self, connection: asyncpg.Connection, filters: SearchFilters | None,
                                  ef_search: int, *, limit: int | None = None) -> SearchPlan:
@@ -978,41 +809,23 @@ class PgvectorMemoryStore:
         memories = self.table("memories")
         params = Params()
         where = filter_clause(filters, params)
-        estimate = _plan_rows(await connection.fetchval(estimate_sql(memories, where), *params.values))
+        estimate = plan_rows(await connection.fetchval(estimate_sql(memories, where), *params.values))
         table_rows = await self._table_rows(connection)
-        cap = self._exact_cap(limit, table_rows)
-        boosted = self._filtered_ef(ef_search, limit, estimate, table_rows)
-        precise = filters_well_estimated(filters)
-        if cap <= 0:
-            return SearchPlan(path="ann", matching_rows_capped=None, ef_search=boosted, probe="estimate",
-                              estimated_rows=estimate)
-        if estimate is not None:
-            if precise and estimate * _GREY_ZONE <= cap:
-                return SearchPlan(path="exact", matching_rows_capped=None, ef_search=ef_search, probe="estimate",
-                                  estimated_rows=estimate)
-            if estimate >= cap * (_GREY_ZONE if precise else _GREY_ZONE_IMPRECISE):
-                return SearchPlan(path="ann", matching_rows_capped=None, ef_search=boosted, probe="estimate",
-                                  estimated_rows=estimate)
+        cap = self.exact_cap(limit, table_rows)
+        boosted = filtered_ef(ef_search, limit, estimate, table_rows)
+        decided = decide_by_estimate(estimate=estimate, cap=cap, precise=filters_well_estimated(filters),
+                                     ef_search=ef_search, boosted_ef=boosted)
+        if decided is not None:
+            return decided
         # the count ignores expiry: an upper bound, but one a covering B-tree answers by an index-only scan
         count_params = Params()
         count_where = filter_clause(replace(filters, include_expired=True), count_params)
         count = int(await connection.fetchval(capped_count_sql(memories, count_where, cap), *count_params.values))
-        exact = count <= cap
-        return SearchPlan(path="exact" if exact else "ann", matching_rows_capped=count,
-                          ef_search=ef_search if exact else boosted, probe="count", estimated_rows=estimate)
+        return decide_by_count(count=count, cap=cap, ef_search=ef_search, boosted_ef=boosted, estimate=estimate)
 
-    def _exact_cap(self, limit: int, table_rows: float | None) -> int:
-        """Most matching rows the exact path takes (see :meth:`plan_vector_search`)."""
-        cap = self.settings.search.exact_search_max_rows
-        if cap <= 0 or table_rows is None:
-            return cap
-        return min(cap, max(_EXACT_FLOOR, int(math.sqrt(_EXACT_COST_RATIO * limit * table_rows))))
-
-    def _filtered_ef(self, ef_search: int, limit: int, estimate: int | None, table_rows: float | None) -> int:
-        if estimate is None or table_rows is None or estimate <= 0:
-            return ef_search
-        wanted = math.ceil(limit * table_rows / estimate)
-        return min(_MAX_EF_SEARCH, max(ef_search, min(2 * ef_search, wanted)))
+    def exact_cap(self, limit: int, table_rows: float | None) -> int:
+        """Most matching rows the exact path takes for this store's settings (see :func:`.planner.exact_cap`)."""
+        return exact_cap(self.settings.search.exact_search_max_rows, limit, table_rows)
 
     async def _table_rows(self, connection: asyncpg.Connection) -> float | None:
         """``reltuples`` of ``memories`` (ANALYZE's estimate), cached for a minute; None before any ANALYZE."""
@@ -1158,7 +971,7 @@ class PgvectorMemoryStore:
         that a threshold leaves the plan alone: it is applied to the ranked rows, outside the statement.
         """
         self._check_search_args("vector", None, query_embedding, limit, filters)
-        _check_search_knobs(ef_search=ef_search, min_score=min_score)
+        check_search_knobs(ef_search=ef_search, min_score=min_score)
         ef = self._ef_search(ef_search, limit, limit)
         async with self._search_transaction(ef) as connection:
             plan = await self.plan_vector_search(connection, filters, ef, limit=limit)
@@ -1171,11 +984,6 @@ class PgvectorMemoryStore:
         return plan, "\n".join(r[0] for r in rows)
 
 
-_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
-_GREY_ZONE = 2  # trust a one-column estimate when it is at least 2x away from the exact-path line
-_GREY_ZONE_IMPRECISE = 8  # multi-column/metadata estimates: only a very large one skips the count
-_EXACT_COST_RATIO = 15.0  # HNSW candidate cost / exact row cost, x2 in favour of exact (see plan_vector_search)
-_EXACT_FLOOR = 1000  # below this many matching rows the exact path always wins
 _ROWS_ESTIMATE_TTL_S = 60.0
 
 
@@ -1186,45 +994,11 @@ async def _set_local(connection: asyncpg.Connection, knobs: Sequence[tuple[str, 
         [name for name, _ in knobs], [value for _, value in knobs])
 
 
-def _plan_rows(explained: Any) -> int | None:
-    """``Plan Rows`` of the top node of an ``EXPLAIN (FORMAT JSON)`` result (decoded or not)."""
-    try:
-        document = json.loads(explained) if isinstance(explained, (str, bytes)) else explained
-        return int(document[0]["Plan"]["Plan Rows"])
-    except (ValueError, TypeError, KeyError, IndexError):
-        return None
-
-
-def _check_search_knobs(*, ef_search: int | None = None, vector_weight: float | None = None,
-                        text_weight: float | None = None, rrf_k: int | None = None,
-                        min_score: float | None = None) -> None:
-    """Per-call overrides are input: reject what would fail in SQL or silently mean nothing."""
-    if ef_search is not None and (isinstance(ef_search, bool) or not isinstance(ef_search, int)
-                                  or not 1 <= ef_search <= _MAX_EF_SEARCH):
-        raise InvalidInput(f"ef_search must be an integer between 1 and {_MAX_EF_SEARCH} (pgvector's maximum)")
-    for name, weight in (("vector_weight", vector_weight), ("text_weight", text_weight)):
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                                   or not math.isfinite(weight) or weight < 0):
-            raise InvalidInput(f"{name} must be a finite number >= 0")
-    if rrf_k is not None and (isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1):
-        raise InvalidInput("rrf_k must be an integer >= 1")
-    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
-                                  or not math.isfinite(min_score)):
-        raise InvalidInput("min_score must be a finite number")
-
-
 _LIVE_EMBEDDED = "m.embedding IS NOT NULL AND (m.expires_at IS NULL OR m.expires_at > now())"
 
 
 def _parse_vector(text: str) -> list[float]:
     return [float(x) for x in text.strip("[]").split(",") if x]
-
-
-def ivfflat_lists_for(rows: int) -> int:
-    """pgvector's guidance: rows/1000 up to 1M rows, sqrt(rows) above; at least 1."""
-    if rows <= 1_000_000:
-        return max(1, rows // 1000)
-    return max(1, int(math.sqrt(rows)))
 
 
 def _hit(row: asyncpg.Record, *, score: float, vector_rank: int | None = None, text_rank: int | None = None,
