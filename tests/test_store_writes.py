@@ -19,7 +19,7 @@ import pytest
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
-from oneiric_memory.adapters.pgvector.writes import STAGING_COLUMNS
+from oneiric_memory.adapters.pgvector.writes import STAGING_COLUMNS, upsert_batch
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, StoreUnavailable
 from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, SearchFilters
@@ -268,8 +268,13 @@ async def test_a_failure_after_copy_and_insert_rolls_back(store: PgvectorMemoryS
     insights, still inside the transaction). The rows already inserted must disappear with the rollback."""
 
     class FailingStore(PgvectorMemoryStore):
-        async def _enqueue_insights(self, *args: Any, **kwargs: Any) -> None:
-            raise RuntimeError("injected failure after COPY")
+        async def _upsert(self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
+                          insights: Sequence[Sequence[Insight]] | None) -> list[asyncpg.Record]:
+            async with self.gate.acquire() as connection, connection.transaction():  # as the store does
+                merged = await upsert_batch(connection, self.names, self._vector_sql_type(), rows, mode, records,
+                                            insights)
+                assert merged, "the COPY and the INSERT ran"
+                raise RuntimeError("injected failure after COPY")
 
     failing = FailingStore(store.settings)
     await failing.init()
@@ -440,9 +445,9 @@ class CountingStore(PgvectorMemoryStore):
         super().__init__(*args, **kwargs)
         self.attempts = 0
 
-    async def _upsert_transaction(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+    async def _upsert(self, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
         self.attempts += 1
-        return await super()._upsert_transaction(*args, **kwargs)
+        return await super()._upsert(*args, **kwargs)
 
 
 async def _blocked_backend(admin: asyncpg.Connection, schema: str, exclude: set[int]) -> int | None:
