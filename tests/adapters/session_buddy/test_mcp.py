@@ -21,8 +21,8 @@ from tests.adapters.session_buddy.sb_helpers import (
     make_settings,
     open_sink,
 )
-from tests.support import make_settings as make_settings_with_store
 from tests.coordinator_fixtures import drop_schema, outbox_rows
+from tests.support import make_settings as make_settings_with_store
 
 pytestmark = pytest.mark.asyncio
 
