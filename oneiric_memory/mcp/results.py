@@ -63,7 +63,8 @@ class MemoryHit(BaseModel):
 class SearchResult(BaseModel):
     hits: list[MemoryHit]
     count: int
-    mode: str
+    mode: str = Field(description="the mode that ran (text while the embedder is down and no mode was named)")
+    note: str | None = Field(default=None, description="why another mode than the default ran, if it did")
     projects: list[str] = Field(description="the projects that were searched")
 
 

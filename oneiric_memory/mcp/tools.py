@@ -112,11 +112,12 @@ def register_tools(mcp: FastMCP, state: MemoryState, scope: ProjectScope) -> Non
         filters = SearchFilters(projects=projects, memory_types=memory_types, agent_id=agent_id,
                                 session_id=session_id, workflow_id=workflow_id, repo_id=repo_id,
                                 metadata=metadata, created_after=created_after, created_before=created_before)
-        effective_mode = mode or memory.settings.search.default_mode
-        hits = await memory.search(query, mode=effective_mode, filters=filters, limit=limit)
+        # No mode named: the default may answer in text mode while the embedder is down (the result says so);
+        # a mode named explicitly runs or fails with a retryable EmbedderUnavailable.
+        hits = await memory.search(query, mode=mode, filters=filters, limit=limit)
         keep = allowed(projects)
         found = [MemoryHit.of(h) for h in hits if keep(h.project) and (min_score is None or h.score >= min_score)]
-        return SearchResult(hits=found, count=len(found), mode=effective_mode, projects=projects)
+        return SearchResult(hits=found, count=len(found), mode=hits.mode, note=hits.note, projects=projects)
 
     async def unified_search(
         query: Annotated[str, Field(description="what to look for")],
