@@ -28,6 +28,11 @@ def data(result: Any) -> dict[str, Any]:
     return result.structured_content
 
 
+def wire(model: Any) -> dict[str, Any]:
+    """A protocol object as it goes over the wire (camelCase keys in MCP SDK 1.x and 2.x alike)."""
+    return dict(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
 def error_text(result: Any) -> str:
     assert result.is_error, result
     return " ".join(getattr(block, "text", "") for block in result.content)

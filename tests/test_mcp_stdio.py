@@ -18,7 +18,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
-from tests.mcp_helpers import SERVER_COMMAND, data, error_text, server_env
+from tests.mcp_helpers import SERVER_COMMAND, data, error_text, server_env, wire
 
 TOOLS = {"remember", "search", "unified_search", "get", "forget", "list_projects", "stats", "health"}
 
@@ -32,11 +32,13 @@ def _client(pg_data_dir: Path, tmp_path: Path, *args: str, **env: str) -> Client
 async def test_stdio_remember_search_get_forget(pg_server: EmbeddedConnectInfo, pg_data_dir: Path,
                                                  tmp_path: Path) -> None:
     async with _client(pg_data_dir, tmp_path) as client:
-        tools = {tool.name: tool for tool in await client.list_tools()}
+        tools = {tool.name: wire(tool) for tool in await client.list_tools()}
         assert set(tools) == TOOLS
         for name in ("remember", "search", "get", "forget", "stats"):  # unpinned: project is required
-            assert "project" in tools[name].inputSchema["required"], name
-        assert tools["remember"].outputSchema is not None and tools["forget"].annotations.destructiveHint
+            assert "project" in tools[name]["inputSchema"]["required"], name
+        assert tools["remember"]["outputSchema"]["required"] == ["id", "project"]
+        assert tools["forget"]["annotations"]["destructiveHint"] is True
+        assert tools["search"]["annotations"]["readOnlyHint"] is True
 
         created = data(await client.call_tool("remember", {
             "content": "The deploy pipeline needs the staging database migrated first", "project": "alpha",
@@ -90,8 +92,8 @@ async def test_stdio_pinned_project_cannot_be_escaped(pg_server: EmbeddedConnect
     async with _client(pg_data_dir, tmp_path, schema=schema) as admin:  # unpinned: seeds another tenant
         other = data(await admin.call_tool("remember", {"content": "beta's secret roadmap", "project": "beta"}))["id"]
     async with _client(pg_data_dir, tmp_path, "--project", "alpha", schema=schema) as client:
-        tools = {tool.name: tool for tool in await client.list_tools()}
-        assert "project" not in tools["search"].inputSchema.get("required", [])
+        tools = {tool.name: wire(tool) for tool in await client.list_tools()}
+        assert "project" not in tools["search"]["inputSchema"].get("required", [])
         mine = data(await client.call_tool("remember", {"content": "alpha's own roadmap"}))
         assert mine["project"] == "alpha"
         hits = data(await client.call_tool("search", {"query": "roadmap", "mode": "text"}))
