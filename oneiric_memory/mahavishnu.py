@@ -1,24 +1,34 @@
-"""Mahavishnu integration: the ``mahavishnu.adapters`` entry point and an ``OrchestratorAdapter``-shaped class.
+"""Mahavishnu integration: :func:`attach` (0.36), the ``mahavishnu.adapters`` entry point (0.14) and an
+``OrchestratorAdapter``-shaped class.
 
-Mahavishnu 0.14's ``HybridAdapterRegistry`` loads the entry point, expects a **dict** (adapter_id, domain,
-category, provider, capabilities, factory_path), checks ``adapter_id`` against its allowlist
-(``mahavishnu.adapters.*``), builds ``cls(config=<MahavishnuSettings>)`` and never calls ``initialize()``.
-So :class:`OneiricMemoryAdapter` initializes lazily on first use. Dashboards call ``get_health()`` and read
-``["status"]`` from a dict, so it returns ``ComponentHealth(...).to_dict()``. Nothing in the 0.14 app starts
-that registry, hence :func:`attach` puts the adapter into ``app.adapters`` explicitly.
+Mahavishnu 0.36 reads no entry-point group: its adapters are hard-coded in ``core/bootstrap.py``, so
+``attach(app)`` is the only way in; it also reads the settings root Mahavishnu itself uses. Mahavishnu 0.14's
+``HybridAdapterRegistry`` loads the entry point, expects a **dict** (adapter_id, domain, category, provider,
+capabilities, factory_path), checks ``adapter_id`` against its allowlist (``mahavishnu.adapters.*``), builds
+``cls(config=<MahavishnuSettings>)`` and never calls ``initialize()``; nothing in the 0.14 app starts that
+registry either, so ``attach`` serves both. :class:`OneiricMemoryAdapter` initializes lazily on first use.
+
+Dashboards call ``get_health()`` and read ``["status"]`` from a dict, and count anything but ``healthy`` as
+unhealthy (0.36 raises a HIGH "Unhealthy Adapters" alert). So while the store works and only optional parts are
+down (embedder, Session-Buddy, maintenance findings: nothing accepted is lost), the status is
+``mahavishnu.degraded_status`` (default ``healthy``) and the degraded parts are listed beside it; the store down
+is always ``unhealthy``. docs/mahavishnu.md explains the choice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mcp_common.health import ComponentHealth, HealthStatus
 
 from oneiric_memory.errors import InvalidInput, OneiricMemoryError
 from oneiric_memory.records import SearchFilters
+from oneiric_memory.settings_sources import ROOT_ENV, mahavishnu_settings_root
 from oneiric_memory.version import __version__
 
 __all__ = ["ADAPTER_ID", "MemoryCapabilities", "OneiricMemoryAdapter", "attach", "mahavishnu_adapter_entry"]
@@ -78,9 +88,10 @@ class OneiricMemoryAdapter:
 
     adapter_type = "memory"
 
-    def __init__(self, config: Any = None, *, settings: Any = None) -> None:
+    def __init__(self, config: Any = None, *, settings: Any = None, settings_root: Path | None = None) -> None:
         self.config = config
         self._settings = settings
+        self._settings_root = settings_root
         self._memory: Any | None = None
         self._lock = asyncio.Lock()
         self._init_error: str | None = None
@@ -100,8 +111,9 @@ class OneiricMemoryAdapter:
 
         mapping = _mahavishnu_mapping(self.config)
         block = mapping.get("oneiric_memory") if isinstance(mapping.get("oneiric_memory"), Mapping) else None
-        # The YAML/env layers are read by load_settings itself; an in-memory block from the app comes last.
-        return load_settings(dict(block) if block else None, mahavishnu_config=mapping)
+        # The YAML/env layers are read by load_settings itself; an in-memory block from the app (0.14 keeps it in
+        # __pydantic_extra__; 0.36 drops it) comes last.
+        return load_settings(dict(block) if block else None, root=self._settings_root, mahavishnu_config=mapping)
 
     async def initialize(self) -> None:
         """Start the memory (idempotent; also called lazily by every operation)."""
@@ -189,11 +201,16 @@ class OneiricMemoryAdapter:
         except Exception as exc:
             return ComponentHealth(name=self.name, status=HealthStatus.UNHEALTHY,
                                    message=self._init_error or f"{type(exc).__name__}: {exc}"[:500]).to_dict()
+        degraded = [c.name for c in response.components if c.status != HealthStatus.HEALTHY]
+        status = response.status
+        if status == HealthStatus.DEGRADED and memory.settings.mahavishnu.degraded_status == "healthy":
+            status = HealthStatus.HEALTHY  # serving: only optional parts are down, and nothing is lost
         return ComponentHealth(
-            name=self.name, status=response.status,
+            name=self.name, status=status,
             message="; ".join(f"{c.name}: {c.message}" for c in response.components
                               if c.status != HealthStatus.HEALTHY) or "all parts healthy",
-            metadata={"version": __version__, "components": {c.name: c.to_dict() for c in response.components}},
+            metadata={"version": __version__, "memory_status": str(response.status), "degraded_parts": degraded,
+                      "components": {c.name: c.to_dict() for c in response.components}},
         ).to_dict()
 
     async def cleanup(self) -> None:
@@ -214,9 +231,17 @@ class OneiricMemoryAdapter:
         return self
 
 
-def attach(app: Any, config: Any = None) -> OneiricMemoryAdapter:
-    """``attach(app)``: build the adapter from ``app.config`` (or ``config``) and register it on the app."""
-    return OneiricMemoryAdapter(config=config if config is not None else getattr(app, "config", None)).attach(app)
+def attach(app: Any, config: Any = None, *, settings_root: Path | None = None) -> OneiricMemoryAdapter:
+    """``attach(app)``: build the adapter from ``app.config`` (or ``config``) and register it on the app.
+
+    The settings root is ``settings_root``, else ``ONEIRIC_MEMORY_SETTINGS_ROOT``, else, for a Mahavishnu 0.36 app,
+    the folder Mahavishnu itself reads ``settings/`` from, else the working directory.
+    """
+    if settings_root is None and not os.environ.get(ROOT_ENV) and type(app).__module__.startswith("mahavishnu."):
+        settings_root = mahavishnu_settings_root()
+    adapter = OneiricMemoryAdapter(config=config if config is not None else getattr(app, "config", None),
+                                   settings_root=settings_root)
+    return adapter.attach(app)
 
 
 def _hit_dict(hit: Any) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Typed, layered settings for oneiric-memory (``MemorySettings``).
 
-Layers, lowest first (later wins, deep-merged):
+Layers, lowest first (later wins, deep-merged; the full rules are in ``settings_sources``):
 
-1. code defaults, which follow Mahavishnu's own keys where they exist
-   (``llm.ollama_base_url``, ``llm.model``, ``pools.session_buddy_url``);
-2. the ``oneiric_memory:`` block of ``settings/mahavishnu.yaml``;
-3. the same block in ``settings/local.yaml``;
-4. env ``MAHAVISHNU_ONEIRIC_MEMORY__<SECTION>__<FIELD>``;
-5. explicit arguments to :func:`load_settings`.
+1. code defaults;
+2. Mahavishnu's own keys, followed where they exist (``pools.session_buddy_url``, ``MAHAVISHNU_DB_*``; and
+   ``llm.ollama_base_url`` / ``llm.model`` for a Mahavishnu older than 0.36);
+3. the ``oneiric_memory:`` block of ``<root>/settings/mahavishnu.yaml``, then ``<root>/settings/local.yaml``;
+4. the same block in ``$XDG_CONFIG_HOME/mahavishnu/config.yaml``, then ``local.yaml``;
+5. env ``MAHAVISHNU_ONEIRIC_MEMORY__<SECTION>__<FIELD>``;
+6. the block in the file named by ``MAHAVISHNU_CONFIG``;
+7. explicit arguments to :func:`load_settings`.
 
 Env values stay strings and pydantic converts them per field, so a numeric password stays a string.
 A validation error names the key and the layer (file or env variable) that supplied it, never the value.
@@ -18,13 +20,26 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from oneiric_memory.errors import ConfigurationError
+from oneiric_memory.settings_sources import (
+    DB_ENV_TARGETS,
+    DEFAULT,
+    ENV_PREFIX,
+    FOLLOWED_KEYS,
+    SETTINGS_BLOCK,
+    SettingsFile,
+    Source,
+    collect_layers,
+    installed_mahavishnu_version,
+)
 
 __all__ = [
     "CoordinatorSettings",
@@ -32,6 +47,7 @@ __all__ = [
     "DEFAULT_OPENAI_URL",
     "EmbedderSettings",
     "IDENTIFIER_PATTERN",
+    "MahavishnuSettings",
     "MaintenanceSettings",
     "McpSettings",
     "MemorySettings",
@@ -39,15 +55,17 @@ __all__ = [
     "SearchSettings",
     "SessionBuddySettings",
     "TaskPrefixes",
+    "EffectiveValue",
+    "ResolvedSettings",
     "default_cache_dir",
     "defaults_document",
     "load_settings",
+    "reference_markdown",
+    "resolve_settings",
     "settings_reference",
     "validate_identifier",
 ]
 
-ENV_PREFIX = "MAHAVISHNU_ONEIRIC_MEMORY__"
-SETTINGS_BLOCK = "oneiric_memory"
 IDENTIFIER_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 
 
@@ -302,6 +320,15 @@ class McpSettings(_Section):
         return value
 
 
+class MahavishnuSettings(_Section):
+    """How the memory shows up in a Mahavishnu app (``oneiric_memory.mahavishnu.attach``)."""
+
+    degraded_status: Literal["healthy", "degraded"] = Field(
+        default="healthy",
+        description="get_health()['status'] while only optional parts (embedder, Session-Buddy, maintenance) are "
+                    "down; Mahavishnu counts 'degraded' as unhealthy and alerts on it (see docs/mahavishnu.md)")
+
+
 class MemorySettings(BaseModel):
     """The whole settings tree; see the module docstring for the layering."""
 
@@ -316,77 +343,129 @@ class MemorySettings(BaseModel):
     maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     mcp: McpSettings = Field(default_factory=McpSettings)
+    mahavishnu: MahavishnuSettings = Field(default_factory=MahavishnuSettings)
 
     @property
     def embedded_data_dir(self) -> Path:
         return self.postgres.embedded_data_dir or (self.cache_dir / "pgdata")
 
 
-# --- layering -----------------------------------------------------------------------------------
+# --- layering (the layers themselves are read by settings_sources) -------------------------------
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
+@dataclass(frozen=True, slots=True)
+class EffectiveValue:
+    """One effective setting for ``oneiric-memory config``: secrets masked, with the layer it came from."""
+
+    key: str
+    value: Any
+    layer: str
+    origin: str
+    secret: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSettings:
+    """:class:`MemorySettings` together with where each value came from (see ``settings_sources``)."""
+
+    settings: MemorySettings
+    sources: Mapping[tuple[str, ...], Source]
+    root: Path
+    root_source: str
+    files: tuple[SettingsFile, ...]
+    mahavishnu_version: str | None
+    legacy_llm_keys: bool
+    notes: tuple[str, ...] = ()
+
+    def source_of(self, key: str) -> Source:
+        """The layer that set ``key`` (dotted), or the default."""
+        path = tuple(key.split("."))
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in self.sources:
+                return self.sources[path[:cut]]
+        return DEFAULT
+
+    def values(self) -> list[EffectiveValue]:
+        """Every leaf setting, in model order; secret values masked (a DSN keeps its host, never its password)."""
+        rows: list[EffectiveValue] = []
+        for key, value in _leaves(self.settings.model_dump(mode="python"), ()):
+            source = self.source_of(key)
+            secret = isinstance(value, SecretStr)
+            rows.append(EffectiveValue(key, _masked(key, value), source.layer, source.origin, secret))
+        return rows
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the settings root, the files looked at, Mahavishnu's generation and every value."""
+        return {
+            "settings_root": {"path": str(self.root), "from": self.root_source},
+            "files": [{"layer": f.layer, "path": str(f.path), "exists": f.exists} for f in self.files],
+            "mahavishnu": {"installed_version": self.mahavishnu_version,
+                           "follows_llm_ollama_base_url": self.legacy_llm_keys},
+            "notes": list(self.notes),
+            "values": {row.key: {"value": row.value, "layer": row.layer, "from": row.origin}
+                       for row in self.values()},
+        }
+
+
+def _leaves(value: Any, prefix: tuple[str, ...]) -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and (value or not prefix):
+        out: list[tuple[str, Any]] = []
+        for key, inner in value.items():
+            out += _leaves(inner, (*prefix, str(key)))
+        return out
+    return [(".".join(prefix), value)]
+
+
+def _masked(key: str, value: Any) -> Any:
+    """JSON-ready and safe to print: secrets become ``**********``; a DSN shows where it points, not its password."""
+    if isinstance(value, SecretStr):
+        raw = value.get_secret_value()
+        if key.endswith("dsn"):
+            try:
+                parts = urlsplit(raw)
+                host = parts.hostname or ""
+                port = f":{parts.port}" if parts.port else ""
+                user = f"{parts.username}:**********@" if parts.username else ""
+                return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, "", ""))
+            except ValueError:
+                return "**********"
+        return "**********"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_masked(key, item) for item in value]
+    return value
+
+
+def resolve_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    root: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    mahavishnu_config: Mapping[str, Any] | None = None,
+    mahavishnu_version: str | EllipsisType | None = ...,
+) -> ResolvedSettings:
+    """Build :class:`MemorySettings` from the layers of ``settings_sources`` and keep each value's layer.
+
+    ``root`` holds ``settings/`` (else ``ONEIRIC_MEMORY_SETTINGS_ROOT``, else the working directory).
+    ``mahavishnu_config`` is the running app's already-parsed config (Mahavishnu's keys are followed from it).
+    ``mahavishnu_version`` decides which of Mahavishnu's keys exist; default: the installed Mahavishnu's.
+    """
+    environ = os.environ if environ is None else environ
+    version = installed_mahavishnu_version() if mahavishnu_version is ... else mahavishnu_version
+    # Start from the code defaults so that dict-valued settings (embedder.task_prefixes) are deep-merged
+    # with their defaults instead of being replaced by the first layer that names one entry.
+    merged: dict[str, Any] = MemorySettings().model_dump(exclude={"cache_dir"})
+    layered = collect_layers(merged, root=root, environ=environ, mahavishnu_config=mahavishnu_config,
+                             mahavishnu_version=version, overrides=overrides)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{path}: is not valid YAML ({exc.__class__.__name__}); fix the file") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigurationError(f"{path}: the top level must be a mapping")
-    return loaded
-
-
-def _mahavishnu_defaults(document: Mapping[str, Any]) -> dict[str, Any]:
-    """Map Mahavishnu's own keys onto ours, so one setting serves both."""
-    out: dict[str, Any] = {}
-    llm = document.get("llm")
-    if isinstance(llm, Mapping):
-        if isinstance(llm.get("ollama_base_url"), str):
-            out.setdefault("embedder", {})["ollama_url"] = llm["ollama_base_url"]
-        if isinstance(llm.get("llama_server_url"), str):
-            out.setdefault("embedder", {})["openai_url"] = llm["llama_server_url"]
-        if isinstance(llm.get("model"), str) and "embed" in llm["model"]:
-            out.setdefault("embedder", {})["model"] = llm["model"]
-    if isinstance(document.get("llama_server_url"), str):
-        out.setdefault("embedder", {})["openai_url"] = document["llama_server_url"]
-    pools = document.get("pools")
-    if isinstance(pools, Mapping) and isinstance(pools.get("session_buddy_url"), str):
-        out.setdefault("session_buddy", {})["mcp_url"] = pools["session_buddy_url"]
-    return out
-
-
-def _merge(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[tuple[str, ...], str],
-           source: str, prefix: tuple[str, ...] = ()) -> None:
-    for key, value in overlay.items():
-        path = (*prefix, str(key))
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value, sources, source, path)
-        elif isinstance(value, Mapping):
-            base[key] = {}
-            _merge(base[key], value, sources, source, path)
-        else:
-            base[key] = value
-            sources[path] = source
-
-
-def _env_overlay(environ: Mapping[str, str]) -> list[tuple[dict[str, Any], str]]:
-    layers: list[tuple[dict[str, Any], str]] = []
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if not parts:
-            continue
-        layer: dict[str, Any] = {}
-        cursor = layer
-        for part in parts[:-1]:
-            cursor = cursor.setdefault(part, {})
-        cursor[parts[-1]] = environ[name]
-        layers.append((layer, f"env {name}"))
-    return layers
+        settings = MemorySettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc, layered.sources), errors=len(exc.errors())) from None
+    return ResolvedSettings(settings=settings, sources=dict(layered.sources), root=layered.root,
+                            root_source=layered.root_source, files=tuple(layered.files),
+                            mahavishnu_version=version, legacy_llm_keys=layered.legacy_llm_keys,
+                            notes=tuple(layered.notes))
 
 
 def load_settings(
@@ -395,63 +474,24 @@ def load_settings(
     root: Path | None = None,
     environ: Mapping[str, str] | None = None,
     mahavishnu_config: Mapping[str, Any] | None = None,
+    mahavishnu_version: str | EllipsisType | None = ...,
 ) -> MemorySettings:
-    """Build :class:`MemorySettings` from the layers in the module docstring.
-
-    ``root`` is the folder holding ``settings/`` (default: the working directory). ``mahavishnu_config``
-    is an already-parsed Mahavishnu settings mapping, used for defaults when given.
-    """
-    root = root or Path.cwd()
-    environ = os.environ if environ is None else environ
-    # Start from the code defaults so that dict-valued settings (embedder.task_prefixes) are deep-merged
-    # with their defaults instead of being replaced by the first layer that names one entry.
-    merged: dict[str, Any] = MemorySettings().model_dump(exclude={"cache_dir"})
-    sources: dict[tuple[str, ...], str] = {}
-    main_file = root / "settings" / "mahavishnu.yaml"
-    local_file = root / "settings" / "local.yaml"
-    main_doc = _read_yaml(main_file)
-    local_doc = _read_yaml(local_file)
-
-    for doc, label in ((mahavishnu_config or {}, "mahavishnu config"), (main_doc, str(main_file)),
-                       (local_doc, str(local_file))):
-        _merge(merged, _mahavishnu_defaults(doc), sources, label)
-    mahavishnu_env = {
-        ("embedder", "ollama_url"): "MAHAVISHNU_LLM__OLLAMA_BASE_URL",
-        ("embedder", "openai_url"): "MAHAVISHNU__LLAMA_SERVER_URL",
-        ("session_buddy", "mcp_url"): "MAHAVISHNU_POOLS__SESSION_BUDDY_URL",
-    }
-    for (section, field), env_name in mahavishnu_env.items():
-        if env_name in environ:
-            _merge(merged, {section: {field: environ[env_name]}}, sources, f"env {env_name}")
-
-    for doc, path in ((main_doc, main_file), (local_doc, local_file)):
-        block = doc.get(SETTINGS_BLOCK)
-        if block is None:
-            continue
-        if not isinstance(block, Mapping):
-            raise ConfigurationError(f"{path}: '{SETTINGS_BLOCK}' must be a mapping")
-        _merge(merged, block, sources, str(path))
-    for layer, label in _env_overlay(environ):
-        _merge(merged, layer, sources, label)
-    if overrides:
-        _merge(merged, overrides, sources, "explicit arguments")
-    try:
-        return MemorySettings.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigurationError(_describe(exc, sources), errors=len(exc.errors())) from None
+    """:class:`MemorySettings` from the layers in the module docstring (see :func:`resolve_settings`)."""
+    return resolve_settings(overrides, root=root, environ=environ, mahavishnu_config=mahavishnu_config,
+                            mahavishnu_version=mahavishnu_version).settings
 
 
-def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> str:
+def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], Source]) -> str:
     lines = ["invalid oneiric_memory settings:"]
     for error in exc.errors(include_input=False, include_url=False):
         loc = tuple(str(part) for part in error["loc"])
         source = "defaults"
         for cut in range(len(loc), 0, -1):
             if loc[:cut] in sources:
-                source = sources[loc[:cut]]
+                source = str(sources[loc[:cut]])
                 break
         else:  # a section-level error (model validator): name the layers that set keys inside it
-            inside = sorted({label for path, label in sources.items() if path[:len(loc)] == loc})
+            inside = sorted({str(label) for path, label in sources.items() if path[:len(loc)] == loc})
             source = ", ".join(inside) or source
         lines.append(f"  {SETTINGS_BLOCK}.{'.'.join(loc)}: {error['msg']} (from {source})")
     return "\n".join(lines)
@@ -459,10 +499,8 @@ def _describe(exc: ValidationError, sources: Mapping[tuple[str, ...], str]) -> s
 
 # Keys whose defaults follow Mahavishnu's own settings; writing them into the block would override those.
 MAHAVISHNU_FOLLOWED_KEYS: tuple[tuple[str, str, str], ...] = (
-    ("embedder", "ollama_url", "llm.ollama_base_url"),
-    ("embedder", "openai_url", "llama_server_url (env MAHAVISHNU__LLAMA_SERVER_URL)"),
-    ("embedder", "model", "llm.model"),
-    ("session_buddy", "mcp_url", "pools.session_buddy_url"),
+    *((key.target[0], key.target[1], key.mahavishnu_key) for key in FOLLOWED_KEYS),
+    *(("postgres", target, f"MAHAVISHNU_DB_{suffix}") for suffix, target in DB_ENV_TARGETS),
 )
 
 
@@ -501,3 +539,21 @@ def settings_reference() -> list[tuple[str, str, str, str]]:
             rows.append((f"{section_name}.{name}", shown, f"{ENV_PREFIX}{section_name.upper()}__{name.upper()}",
                          field.description or ""))
     return rows
+
+
+def reference_markdown() -> str:
+    """The "Every key" table of docs/configuration.md, generated from the model (``oneiric-memory config
+    --reference`` prints it; a test keeps the doc equal to it)."""
+    lines = ["| key | default | env variable | notes |", "|---|---|---|---|"]
+    follows: dict[str, str] = {
+        f"{k.target[0]}.{k.target[1]}": f"follows Mahavishnu's `{k.mahavishnu_key}`"
+        + (" (Mahavishnu < 0.36)" if k.legacy_only else "") for k in FOLLOWED_KEYS}
+    for suffix, target in DB_ENV_TARGETS:
+        follows[f"postgres.{target}"] = (f"follows `MAHAVISHNU_DB_{suffix}`" if suffix == "HOST" else
+                                         f"follows `MAHAVISHNU_DB_{suffix}` when `MAHAVISHNU_DB_HOST` is set")
+    for key, default, env, description in settings_reference():
+        notes = description.replace("|", "\\|")
+        if key in follows:
+            notes = f"{notes}; {follows[key]}" if notes else follows[key]
+        lines.append(f"| `{key}` | `{default}` | `{env}` | {notes} |")
+    return "\n".join(lines) + "\n"

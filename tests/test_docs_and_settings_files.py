@@ -6,13 +6,22 @@ from pathlib import Path
 
 import yaml
 
-from oneiric_memory.settings import MemorySettings, defaults_document, load_settings, settings_reference
+from oneiric_memory.settings import (
+    MemorySettings,
+    defaults_document,
+    load_settings,
+    reference_markdown,
+    settings_reference,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_configuration_doc_lists_every_key_default_and_env_name() -> None:
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text[text.index("| key | default | env variable | notes |"):]
+    # regenerate with: uv run oneiric-memory config --reference  (paste over the table at the end of the doc)
+    assert table == reference_markdown()
     for key, default, env, _ in settings_reference():
         assert f"`{key}`" in text, key
         assert f"`{env}`" in text, env
@@ -57,6 +66,8 @@ def test_example_block_does_not_override_mahavishnus_own_keys(tmp_path: Path) ->
     document["pools"] = {"session_buddy_url": "http://buddy:8678/mcp"}
     (tmp_path / "settings").mkdir()
     (tmp_path / "settings" / "mahavishnu.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
-    settings = load_settings(root=tmp_path, environ={})
+    settings = load_settings(root=tmp_path, environ={"MAHAVISHNU_DB_HOST": "pg.internal", "MAHAVISHNU_DB_USER": "mv"},
+                             mahavishnu_version="0.14.0")
     assert settings.embedder.url_for("ollama") == "http://gpu-box:11434"
     assert settings.session_buddy.mcp_url == "http://buddy:8678/mcp"
+    assert (settings.postgres.host, settings.postgres.user) == ("pg.internal", "mv")

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.insights import format_insight_block
 from oneiric_memory.mahavishnu import ADAPTER_ID, OneiricMemoryAdapter, attach
+from oneiric_memory.settings_sources import follows_legacy_llm_keys, installed_mahavishnu_version
 from tests.coordinator_fixtures import drop_schema
 
 REQUIRED = ("adapter_id", "domain", "category", "provider", "capabilities", "factory_path")
@@ -101,7 +102,9 @@ async def test_lazy_adapter_serves_tasks_health_and_attach(
         assert empty == {"status": "ok", "op": "search", "hits": []}
         memory = adapter._memory
         assert memory is not None and memory.store.schema == schema  # the config block was used
-        assert memory.settings.embedder.url_for("ollama") == "http://127.0.0.1:9"  # Mahavishnu's llm.ollama_base_url
+        # Mahavishnu's llm.ollama_base_url is followed while the installed Mahavishnu still has it (< 0.36)
+        followed = follows_legacy_llm_keys(installed_mahavishnu_version())
+        assert (memory.settings.embedder.url_for("ollama") == "http://127.0.0.1:9") is followed
 
         text = "Agent run finished.\n" + format_insight_block("Mahavishnu tasks reach the memory through execute.")
         stored = await adapter.execute({"op": "remember", "content": text, "memory_type": "agent",

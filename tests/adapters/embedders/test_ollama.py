@@ -595,7 +595,8 @@ async def test_defaults_follow_mahavishnus_llm_keys(fake: FakeOllama, tmp_path: 
     (tmp_path / "settings").mkdir()
     (tmp_path / "settings" / "mahavishnu.yaml").write_text(
         f"llm:\n  ollama_base_url: {fake.base_url}\n  model: all-minilm-embed\n", encoding="utf-8")
-    settings = load_settings(root=tmp_path, environ={})
+    # Mahavishnu before 0.36 has these keys (0.36 removed them; tests/test_settings.py covers both generations)
+    settings = load_settings(root=tmp_path, environ={}, mahavishnu_version="0.14.0")
     assert settings.embedder.ollama_url == fake.base_url
     assert settings.embedder.model == "all-minilm-embed"
 
