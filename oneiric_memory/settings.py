@@ -244,13 +244,22 @@ class SearchSettings(_Section):
     iterative_scan: Literal["off", "relaxed_order", "strict_order"] = "relaxed_order"
     max_scan_tuples: int = Field(default=40_000, ge=1)
     exact_search_max_rows: int = Field(
-        default=15_000, ge=0, description="filtered queries matching at most this many rows take the exact path"
+        default=15_000, ge=0, description="upper bound of the exact-path line: a filtered vector/hybrid search "
+        "reads every matching row (B-tree filter + sort: complete, no index recall loss) when the filter matches at "
+        "most min(this, max(1000, sqrt(15 x limit x table rows))) rows, and uses the HNSW/IVFFlat index otherwise "
+        "(6.7k rows at 150k rows and limit 20); 0 = always the index"
     )
     ivfflat_probes: int | None = Field(default=None, ge=1)
+    fusion: Literal["convex", "rrf"] = Field(
+        default="convex", description="hybrid fusion: convex = weighted min-max-normalised scores, rrf = weighted "
+        "reciprocal ranks (docs/benchmarks.md compares them)")
     rrf_k: int = Field(default=60, ge=1)
     vector_weight: float = Field(default=1.0, ge=0)
     text_weight: float = Field(default=1.0, ge=0)
     branch_candidates: int = Field(default=40, ge=1, le=1000)
+    lexical_candidates: int = Field(
+        default=2000, ge=1, le=100_000, description="most rows the lexical branch scores per query: it admits rows "
+        "through the query's rarest terms first, so words found everywhere cannot make a search slow")
     unified_timeout_s: float = Field(default=2.0, gt=0)
 
 

@@ -52,13 +52,18 @@ from oneiric_memory.adapters.pgvector.planner import (
 )
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta, quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
+    LEXICAL_SAMPLE_ROWS,
+    LEXICAL_STATS_SQL,
+    LexicalStats,
     Params,
+    avg_lexemes_sql,
     bm25_branch,
     capped_count_sql,
     estimate_sql,
     filter_clause,
     filters_well_estimated,
     hybrid_sql,
+    parse_websearch,
     text_branch,
     text_search_sql,
     vector_branch,
@@ -849,7 +854,30 @@ class PgvectorMemoryStore:
             return bm25_branch(params, table=self.table("memories"), extension=self.bm25_extension,
                                index=self._bm25_index, query_text=query_text, filters=filters, n=n)
         return text_branch(params, table=self.table("memories"), text_config=self.settings.postgres.text_search_config,
-                           query_text=query_text, filters=filters, n=n)
+                           query=parse_websearch(query_text), stats=self._lexical_stats or LexicalStats(),
+                           filters=filters, n=n, candidates=self.settings.search.lexical_candidates)
+
+    _lexical_stats: LexicalStats | None = None
+    _lexical_stats_at: float = 0.0
+
+    async def _refresh_lexical_stats(self, connection: asyncpg.Connection) -> None:
+        """Re-read the ``tsv`` column's ANALYZE statistics (IDF, average length) at most once a minute.
+
+        Autovacuum's ANALYZE keeps them current as the table grows; reading ``pg_stats`` costs about a
+        millisecond, so it is cached rather than joined into every statement.
+        """
+        now = time.monotonic()
+        if self._lexical_stats is not None and now - self._lexical_stats_at < _LEXICAL_STATS_TTL_S:
+            return
+        row = await connection.fetchrow(LEXICAL_STATS_SQL, self.settings.postgres.db_schema)
+        if row is None:
+            self._lexical_stats = LexicalStats()
+        else:
+            rows = max(float(row["reltuples"] or 0), 0.0)
+            percent = 100.0 if rows <= LEXICAL_SAMPLE_ROWS else 100.0 * LEXICAL_SAMPLE_ROWS / rows
+            avg = await connection.fetchval(avg_lexemes_sql(self.table("memories")), percent)
+            self._lexical_stats = LexicalStats.from_row(rows, avg, row["elems"], row["freqs"])
+        self._lexical_stats_at = now
 
     async def _detect_bm25_index(self, connection: asyncpg.Connection) -> None:
         """Once per store: use a BM25 index on ``memories`` when pg_textsearch/pg_search is installed."""
@@ -875,6 +903,8 @@ class PgvectorMemoryStore:
         async with self._search_transaction(ef) as connection:
             if mode in ("text", "hybrid"):
                 await self._detect_bm25_index(connection)
+                if self._bm25_index is None:
+                    await self._refresh_lexical_stats(connection)
             if mode == "text":
                 assert query_text is not None
                 if self.search_probe is not None:
@@ -926,6 +956,7 @@ class PgvectorMemoryStore:
             text_sql = self._text_branch(params, query_text, filters, candidates)
             return hybrid_sql(params, table=self.table("memories"), hit_columns=_HIT_COLUMNS, vector_sql=vector_sql,
                               text_sql=text_sql, rrf_k=rrf_k, vector_weight=vector_weight,
+                              fusion=self.settings.search.fusion,
                               text_weight=text_weight, limit=limit)
 
         return await self._lexical_rows(connection, build)
@@ -984,6 +1015,7 @@ class PgvectorMemoryStore:
         return plan, "\n".join(r[0] for r in rows)
 
 
+_LEXICAL_STATS_TTL_S = 60.0  # how long the tsv column's ANALYZE statistics are reused
 _ROWS_ESTIMATE_TTL_S = 60.0
 
 

@@ -1,0 +1,501 @@
+"""Retrieval quality on LoCoMo's development split: recall@5/10/20, nDCG@10, per category, p50/p95 latency.
+
+LoCoMo (Maharana et al., ACL 2024) is the conversational-memory benchmark agent-memory papers report. Its
+development split (conversations 1-5, 999 questions) lives OUTSIDE the repository, in
+``../shared/data/locomo/locomo-dev.json`` relative to the project root (licence CC BY-NC 4.0: never copy it
+in). When the file is absent this benchmark says so and exits 0.
+
+Protocol (the folder's README): one memory per turn, ``"{speaker}: {text}"``, scoped to its conversation
+(here: ``project = sample_id``); every question of categories 1-4 searches the top 20 inside its own
+conversation; recall@k = the share of its evidence turns found in the top k; nDCG@10 with the evidence as
+relevant (binary gain). Malformed evidence ids (``'D8:6; D9:17'``, ``'D:11:26'``, ``'D30:05'``) are
+normalised and ids that do not exist in the conversation are dropped. Identical turns inside one
+conversation are stored once (the store deduplicates); a hit stands for every turn with that text.
+
+Embedders: the hashing embedder (offline) and bge-small-en (384-d ONNX, CLS pooling + L2 norm) fetched by
+``../shared/tools/fetch-bge-small``, run in-process with onnxruntime + tokenizers (dev dependencies).
+Its vectors are cached under the cache folder, so repeated runs only pay for the searches.
+
+``--sweep`` also fetches each branch's top 100 per question and grid-searches the fusion offline (RRF k,
+per-branch weights and candidate counts), printing the best settings: how the defaults were chosen.
+
+Run: ``uv run python benchmarks/eval_locomo.py`` (``--no-write`` to leave docs/benchmarks.md alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from markdown_report import ROOT, command_line, load_average, machine_line, run_at, write_section
+
+from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.errors import SchemaMismatch
+from oneiric_memory.records import MemoryRecord, SearchFilters, SearchMode
+from oneiric_memory.settings import MemorySettings, default_cache_dir, load_settings
+
+DATA = ROOT.parent / "shared" / "data" / "locomo" / "locomo-dev.json"
+FETCH_MODEL = ROOT.parent / "shared" / "tools" / "fetch-bge-small"
+SECTION = "locomo-eval"
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+TOP = 20
+SWEEP_DEPTH = 100
+BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+_EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
+
+F32 = npt.NDArray[np.float32]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- the data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    qid: str
+    conversation: str
+    text: str
+    category: int
+    evidence: frozenset[str]
+
+
+@dataclass(slots=True)
+class Conversation:
+    sample_id: str
+    turns: dict[str, str]  # dia_id -> memory text
+    questions: list[Question] = field(default_factory=list)
+
+
+def normalise_evidence(raw: Sequence[str], turns: dict[str, str]) -> frozenset[str]:
+    """``'D8:6; D9:17'`` -> D8:6, D9:17; ``'D:11:26'`` -> D11:26; ``'D30:05'`` -> D30:5; unknown ids dropped."""
+    ids = {f"D{int(a)}:{int(b)}" for item in raw for a, b in _EVIDENCE.findall(str(item))}
+    return frozenset(i for i in ids if i in turns)
+
+
+def load_locomo(path: Path) -> tuple[list[Conversation], dict[str, int]]:
+    """Conversations with their category 1-4 questions; also counts of what was dropped."""
+    samples = json.loads(path.read_text(encoding="utf-8"))
+    conversations: list[Conversation] = []
+    dropped = {"adversarial": 0, "no_evidence": 0}
+    for sample in samples:
+        conv = sample["conversation"]
+        turns: dict[str, str] = {}
+        for key, session in conv.items():
+            if key.startswith("session_") and isinstance(session, list):
+                for turn in session:
+                    turns[f"D{int(turn['dia_id'].split(':')[0][1:])}:{int(turn['dia_id'].split(':')[1])}"] = (
+                        f"{turn['speaker']}: {turn['text']}")
+        c = Conversation(sample["sample_id"], turns)
+        for n, qa in enumerate(sample["qa"]):
+            if qa.get("category") not in CATEGORIES:
+                dropped["adversarial"] += 1
+                continue
+            evidence = normalise_evidence(qa.get("evidence", []), turns)
+            if not evidence:
+                dropped["no_evidence"] += 1
+                continue
+            c.questions.append(Question(f"{c.sample_id}#{n}", c.sample_id, qa["question"], int(qa["category"]),
+                                        evidence))
+        conversations.append(c)
+    return conversations, dropped
+
+
+# --- the real model ---------------------------------------------------------------------------------
+
+
+class BgeSmallOnnx:
+    """bge-small-en through onnxruntime: CLS pooling then L2 norm; vectors cached on disk by text.
+
+    A benchmark-only stand-in for the project's local embedder (it satisfies the ``Embedder`` protocol
+    as far as the store and this script need).
+    """
+
+    def __init__(self, folder: Path, cache: Path, *, query_instruction: str = BGE_QUERY_INSTRUCTION) -> None:
+        import onnxruntime as ort  # dev dependency: imported only when the real model runs
+        from tokenizers import Tokenizer
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tokenizer.enable_truncation(512)
+        self._tokenizer.enable_padding()
+        self._query_instruction = query_instruction
+        digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()[:16]
+        self._cache_path = cache / f"bge-small-en-{digest}.npz"
+        self._cache: dict[str, F32] = {}
+        if self._cache_path.is_file():
+            with np.load(self._cache_path) as stored:
+                self._cache = dict(zip([str(k) for k in stored["keys"]], stored["vectors"], strict=True))
+        self._dirty = False
+
+    model_id = "onnx:bge-small-en"
+    dimension = 384
+
+    def _run(self, texts: list[str]) -> F32:
+        encodings = self._tokenizer.encode_batch(texts)
+        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
+        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        cls = np.asarray(hidden[:, 0, :], dtype=np.float32)
+        return cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), 1e-12)
+
+    def embed_sync(self, texts: Sequence[str]) -> F32:
+        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._cache}.items(),
+                         key=lambda kv: len(kv[1]))  # similar lengths batch with little padding
+        for start in range(0, len(missing), 32):
+            batch = missing[start:start + 32]
+            for (key, _), vector in zip(batch, self._run([t for _, t in batch]), strict=True):
+                self._cache[key] = vector
+            self._dirty = True
+        return np.stack([self._cache[k] for k in keys])
+
+    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        return (await asyncio.to_thread(self.embed_sync, list(texts))).tolist()
+
+    async def embed_query(self, text: str) -> list[float]:
+        return (await asyncio.to_thread(self.embed_sync, [self._query_instruction + text]))[0].tolist()
+
+    def save(self) -> None:
+        if self._dirty:
+            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
+            keys = list(self._cache)
+            tmp = self._cache_path.with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array(keys), vectors=np.stack([self._cache[k] for k in keys]))
+            tmp.replace(self._cache_path)
+            self._dirty = False
+
+
+def bge_folder(fetch: Path) -> Path | None:
+    """The model folder from ``fetch-bge-small`` (idempotent), or ``None`` when it cannot be had."""
+    import subprocess
+
+    if not fetch.is_file():
+        return None
+    try:
+        out = subprocess.run(["bash", str(fetch)], check=True, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"bge-small-en unavailable: {exc}")
+        return None
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    return folder if (folder / "model.onnx").is_file() else None
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def recall_at(ranked: Sequence[str], relevant: frozenset[str], k: int) -> float:
+    return len(set(ranked[:k]) & relevant) / len(relevant)
+
+
+def ndcg_at(ranked: Sequence[str], relevant: frozenset[str], k: int = 10) -> float:
+    dcg = sum(1 / math.log2(i + 2) for i, doc in enumerate(ranked[:k]) if doc in relevant)
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(k, len(relevant))))
+    return dcg / ideal
+
+
+@dataclass(slots=True)
+class Scores:
+    label: str
+    r5: float
+    r10: float
+    r20: float
+    ndcg: float
+    by_category: dict[int, tuple[float, float]]  # category -> (R@10, nDCG@10)
+    p50_ms: float = float("nan")
+    p95_ms: float = float("nan")
+    empty: int = 0
+
+
+def score(label: str, questions: Sequence[Question], rankings: dict[str, list[str]]) -> Scores:
+    def mean(values: Sequence[float]) -> float:
+        return sum(values) / len(values) if values else float("nan")
+
+    by_category = {c: (mean([recall_at(rankings[q.qid], q.evidence, 10) for q in questions if q.category == c]),
+                       mean([ndcg_at(rankings[q.qid], q.evidence) for q in questions if q.category == c]))
+                   for c in CATEGORIES}
+    return Scores(label, mean([recall_at(rankings[q.qid], q.evidence, 5) for q in questions]),
+                  mean([recall_at(rankings[q.qid], q.evidence, 10) for q in questions]),
+                  mean([recall_at(rankings[q.qid], q.evidence, 20) for q in questions]),
+                  mean([ndcg_at(rankings[q.qid], q.evidence) for q in questions]), by_category,
+                  empty=sum(1 for q in questions if not rankings[q.qid]))
+
+
+# --- the store --------------------------------------------------------------------------------------
+
+
+def eval_settings(schema: str, provider: str, dimension: int, data_dir: Path | None) -> MemorySettings:
+    overrides: dict[str, Any] = {"postgres": {"db_schema": schema, "vector_dimension": dimension},
+                                 "embedder": {"provider": provider}}
+    if data_dir is not None:
+        overrides["postgres"]["embedded_data_dir"] = str(data_dir)
+    return load_settings(overrides)
+
+
+async def load_conversations(store: PgvectorMemoryStore, embedder: Any, conversations: Sequence[Conversation]
+                             ) -> dict[str, dict[str, list[str]]]:
+    """Replace the conversations' rows; returns, per conversation, memory text -> its dia_ids."""
+    try:
+        await store.bind_embedding_model(embedder.model_id)
+    except SchemaMismatch:  # this schema is ours alone: adopt the new vector space
+        await store.switch_embedding_model(embedder.model_id)
+    ids_by_text: dict[str, dict[str, list[str]]] = {}
+    for conv in conversations:
+        await store.delete(filters=SearchFilters(projects=[conv.sample_id]))
+        texts: dict[str, list[str]] = {}
+        for dia_id, text in conv.turns.items():
+            texts.setdefault(text, []).append(dia_id)
+        ids_by_text[conv.sample_id] = texts
+        contents = list(texts)
+        vectors = await embedder.embed_documents(contents)
+        records = [MemoryRecord(content=text, memory_type="agent", project=conv.sample_id, source_system="locomo",
+                                metadata={"dia_ids": texts[text]}, embedding=vector,
+                                embedding_model=embedder.model_id)
+                   for text, vector in zip(contents, vectors, strict=True)]
+        await store.upsert_many(records)
+    async with store.gate.acquire() as connection:  # the lexical statistics come from ANALYZE
+        await connection.execute(f"ANALYZE {store.table('memories')}")
+    return ids_by_text
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mode: SearchMode
+    vector_weight: float | None = None
+    text_weight: float | None = None
+    rrf_k: int | None = None
+
+    def label(self) -> str:
+        if self.mode != "hybrid" or self.vector_weight is None:
+            return self.mode + (" (defaults)" if self.mode == "hybrid" else "")
+        return f"hybrid (v={self.vector_weight:g}, t={self.text_weight:g}, k={self.rrf_k})"
+
+
+async def run_config(store: PgvectorMemoryStore, questions: Sequence[Question], embeddings: dict[str, list[float]],
+                     config: Config, limit: int = TOP) -> tuple[dict[str, list[str]], list[float]]:
+    rankings: dict[str, list[str]] = {}
+    latencies: list[float] = []
+    for q in questions:
+        started = time.perf_counter()
+        hits = await store.search(query_text=q.text, query_embedding=None if config.mode == "text" else embeddings[q.qid],
+                                  mode=config.mode, filters=SearchFilters(projects=[q.conversation]), limit=limit,
+                                  vector_weight=config.vector_weight, text_weight=config.text_weight,
+                                  rrf_k=config.rrf_k)
+        latencies.append((time.perf_counter() - started) * 1000)
+        rankings[q.qid] = [dia for hit in hits for dia in hit.metadata.get("dia_ids", [])][:limit]
+    return rankings, latencies
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# --- offline fusion sweep ---------------------------------------------------------------------------
+
+
+def fuse(vector: Sequence[str], text: Sequence[str], *, k: float, vw: float, tw: float, nv: int, nt: int,
+         limit: int = TOP) -> list[str]:
+    """The store's weighted RRF over branch lists (same tie-break: vector rank, then text rank)."""
+    scores: dict[str, list[float]] = {}
+    for r, doc in enumerate(vector[:nv], 1):
+        scores.setdefault(doc, [0.0, math.inf, math.inf])[0] += vw / (k + r)
+        scores[doc][1] = r
+    for r, doc in enumerate(text[:nt], 1):
+        scores.setdefault(doc, [0.0, math.inf, math.inf])[0] += tw / (k + r)
+        scores[doc][2] = r
+    return sorted(scores, key=lambda d: (-scores[d][0], scores[d][1], scores[d][2]))[:limit]
+
+
+def sweep(questions: Sequence[Question], vector: dict[str, list[str]], text: dict[str, list[str]],
+          expand: Callable[[str, list[str]], list[str]]) -> list[tuple[float, float, str]]:
+    """Grid over RRF k, text weight and candidate counts; (nDCG@10, R@10, label), best first."""
+    results = []
+    for k in (5, 10, 20, 30, 60, 100):
+        for tw in (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0):
+            for nv, nt in ((40, 40), (20, 20), (60, 60), (100, 100), (40, 20), (20, 40)):
+                rankings = {q.qid: expand(q.conversation, fuse(vector[q.qid], text[q.qid], k=k, vw=1.0, tw=tw,
+                                                               nv=nv, nt=nt)) for q in questions}
+                s = score("", questions, rankings)
+                results.append((s.ndcg, s.r10, f"k={k} tw={tw} nv={nv} nt={nt}"))
+    return sorted(results, reverse=True)
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class EmbedderRun:
+    title: str
+    model_id: str
+    dimension: int
+    results: list[Scores]
+    load_s: float
+    facts: dict[str, Any]
+    sweep: list[tuple[float, float, str]] = field(default_factory=list)
+
+
+async def evaluate(title: str, embedder: Any, schema: str, provider: str, conversations: Sequence[Conversation],
+                   configs: Sequence[Config], data_dir: Path | None, do_sweep: bool) -> EmbedderRun:
+    store = PgvectorMemoryStore(eval_settings(schema, provider, embedder.dimension, data_dir))
+    await store.init()
+    try:
+        started = time.perf_counter()
+        ids_by_text = await load_conversations(store, embedder, conversations)
+        questions = [q for c in conversations for q in c.questions]
+        embeddings = {q.qid: await embedder.embed_query(q.text) for q in questions}
+        load_s = time.perf_counter() - started
+        if hasattr(embedder, "save"):
+            embedder.save()
+        log(f"{title}: loaded and embedded in {load_s:.1f} s")
+        for q in questions[:50]:  # warm the connections, the plan cache and the shared buffers
+            await store.search(query_text=q.text, query_embedding=embeddings[q.qid], mode="hybrid",
+                               filters=SearchFilters(projects=[q.conversation]), limit=TOP)
+        results = []
+        for config in configs:
+            rankings, latencies = await run_config(store, questions, embeddings, config)
+            s = score(config.label(), questions, rankings)
+            s.p50_ms, s.p95_ms = statistics.median(latencies), pct(latencies, 0.95)
+            results.append(s)
+            log(f"{title} {s.label}: nDCG@10 {s.ndcg:.3f} R@5 {s.r5:.3f} R@10 {s.r10:.3f} R@20 {s.r20:.3f} "
+                f"p50 {s.p50_ms:.1f} ms p95 {s.p95_ms:.1f} ms (load {load_average()})")
+        run = EmbedderRun(title, embedder.model_id, embedder.dimension, results, load_s, {})
+        if do_sweep:
+            vec, _ = await run_config(store, questions, embeddings, Config("vector"), limit=SWEEP_DEPTH)
+            txt, _ = await run_config(store, questions, embeddings, Config("text"), limit=SWEEP_DEPTH)
+            # sweep on stored rows: map each ranked dia_id list back to one key per stored memory
+            first = {c: {ids[0]: ids for ids in texts.values()} for c, texts in ids_by_text.items()}
+            vk = {q.qid: [d for d in vec[q.qid] if d in first[q.conversation]] for q in questions}
+            tk = {q.qid: [d for d in txt[q.qid] if d in first[q.conversation]] for q in questions}
+
+            def expand(conv: str, keys: list[str]) -> list[str]:
+                return [d for key in keys for d in first[conv][key]][:TOP]
+
+            run.sweep = sweep(questions, vk, tk, expand)
+            for ndcg, r10, label in run.sweep[:15]:
+                log(f"  sweep {label}: nDCG@10 {ndcg:.4f} R@10 {r10:.4f}")
+        async with store.gate.acquire() as connection:
+            run.facts = {"server_version": await connection.fetchval("SHOW server_version"),
+                         "pgvector": store.extension_version, "bm25": store.bm25_extension,
+                         "rows": await connection.fetchval(f"SELECT count(*) FROM {store.table('memories')}")}
+        return run
+    finally:
+        await store.cleanup()
+
+
+def render(runs: Sequence[EmbedderRun], conversations: Sequence[Conversation], dropped: dict[str, int],
+           loads: Sequence[str]) -> str:
+    questions = [q for c in conversations for q in c.questions]
+    per_cat = {c: sum(1 for q in questions if q.category == c) for c in CATEGORIES}
+    lines = [
+        "## Retrieval quality on LoCoMo (dev split, conversations 1-5)",
+        "",
+        f"- Command: `{command_line()}`",
+        f"- Machine: {machine_line()}; load average (1 min) before/after: {' / '.join(loads)}",
+        f"- Run at: {run_at()}",
+        f"- Data: `../shared/data/locomo/locomo-dev.json` (never copied here); {len(conversations)} conversations, "
+        f"{sum(len(c.turns) for c in conversations)} turns, {len(questions)} questions of categories 1-4 ("
+        + ", ".join(f"{per_cat[c]} {name}" for c, name in CATEGORIES.items())
+        + f"); {dropped['adversarial']} adversarial questions (category 5) and {dropped['no_evidence']} without "
+        "valid evidence are not scored.",
+        "- Protocol: one memory per turn (`{speaker}: {text}`), `project` = the conversation; each question "
+        f"searches the top {TOP} inside its own conversation (`SearchFilters(projects=[...])`); recall@k = share "
+        "of its evidence turns in the top k; nDCG@10 with binary gain. Latency: one client, sequential, "
+        "`store.search` end to end (the query vector is precomputed).",
+        "",
+    ]
+    for run in runs:
+        lines += [f"### {run.title}", "",
+                  f"`{run.model_id}` ({run.dimension} dimensions); PostgreSQL {run.facts['server_version']}, pgvector "
+                  f"{run.facts['pgvector']}, BM25 extension: {run.facts['bm25'] or 'none (plain-PostgreSQL BM25)'}; "
+                  f"{run.facts['rows']} stored rows.", "",
+                  "| Mode | nDCG@10 | R@5 | R@10 | R@20 | " + " | ".join(
+                      f"{name} R@10 / nDCG@10" for name in CATEGORIES.values()) + " | p50 ms | p95 ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in run.results:
+            cats = " | ".join(f"{s.by_category[c][0]:.3f} / {s.by_category[c][1]:.3f}" for c in CATEGORIES)
+            lines.append(f"| {s.label} | {s.ndcg:.3f} | {s.r5:.3f} | {s.r10:.3f} | {s.r20:.3f} | {cats} | "
+                         f"{s.p50_ms:.1f} | {s.p95_ms:.1f} |")
+        if run.sweep:
+            lines += ["", "Offline fusion sweep (best 5 by nDCG@10; `--sweep`): " + "; ".join(
+                f"{label}: {ndcg:.3f} / {r10:.3f}" for ndcg, r10, label in run.sweep[:5])]
+        lines.append("")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    if not args.data.is_file():
+        log(f"LoCoMo data not found at {args.data}: skipping (it is never part of the repository)")
+        return 0
+    conversations, dropped = load_locomo(args.data)
+    if args.conversations:
+        conversations = [c for c in conversations if c.sample_id in args.conversations]
+    configs = [Config(mode) for mode in args.modes]
+    loads = [load_average()]
+    runs: list[EmbedderRun] = []
+    cache = (args.cache or default_cache_dir()) / "locomo-embeddings"
+    if "bge" in args.embedders:
+        folder = bge_folder(args.fetch_model)
+        if folder is None:
+            log("bge-small-en could not be fetched: the real-model run is skipped")
+        else:
+            embedder = BgeSmallOnnx(folder, cache, query_instruction="" if args.no_instruction else
+                                    BGE_QUERY_INSTRUCTION)
+            runs.append(await evaluate("bge-small-en (real model, ONNX in-process)", embedder, "om_locomo_bge",
+                                       "hashing", conversations, configs, args.data_dir, args.sweep))
+    if "hashing" in args.embedders:
+        hashing = HashingEmbedder(load_settings({"embedder": {"provider": "hashing"}}))
+        await hashing.init()
+        runs.append(await evaluate("Hashing embedder (offline)", hashing, "om_locomo_hashing", "hashing",
+                                   conversations, configs, args.data_dir, args.sweep))
+    loads.append(load_average())
+    section = render(runs, conversations, dropped, loads)
+    print(section)
+    if not args.no_write and runs:
+        write_section(SECTION, section)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="locomo-dev.json (default ../shared/data/locomo)")
+    parser.add_argument("--fetch-model", type=Path, default=FETCH_MODEL,
+                        help="the fetch-bge-small script (default ../shared/tools/fetch-bge-small)")
+    parser.add_argument("--embedders", nargs="+", default=["bge", "hashing"], choices=["bge", "hashing"])
+    parser.add_argument("--modes", nargs="+", default=["vector", "text", "hybrid"],
+                        choices=["vector", "text", "hybrid"])
+    parser.add_argument("--conversations", nargs="*", help="only these sample ids")
+    parser.add_argument("--sweep", action="store_true", help="grid-search the fusion offline and print the best")
+    parser.add_argument("--no-instruction", action="store_true", help="embed bge queries without the instruction")
+    parser.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder (default: the cache folder)")
+    parser.add_argument("--cache", type=Path, help="cache folder for the model's vectors (default: the cache folder)")
+    parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
+    return asyncio.run(main_async(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
