@@ -631,7 +631,7 @@ async def run(bench: Bench) -> None:
     b.out("")
     b.out("| Query | rows mean | p50 / p95 ms | CPU ms/query (server + client) |")
     b.out("|---|---:|---:|---:|")
-    describe = {"text": "text (`websearch_to_tsquery` + `ts_rank_cd`, GIN)",
+    describe = {"text": "text (OR of the query's lexemes, BM25 in plain PostgreSQL, GIN)",
                 "hybrid": "hybrid (HNSW top-40 + GIN top-40, weighted RRF, one statement)",
                 "hybrid, 10% filter": "hybrid with a 10% `project` filter"}
     for label, t in text_modes.items():

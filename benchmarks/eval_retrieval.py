@@ -325,7 +325,7 @@ def embedder_section(title: str, facts: dict[str, Any], results: list[Result], d
         "",
         f"`{facts['model_id']}` ({facts['dimension']} dimensions); PostgreSQL {facts['server_version']} "
         f"({'embedded' if facts['embedded'] else 'configured server'}), pgvector {facts['pgvector']}, "
-        f"lexical ranking: {facts['bm25'] or 'ts_rank_cd (no BM25 extension installed)'}; "
+        f"lexical ranking: {facts['bm25'] or 'BM25 in plain PostgreSQL (no BM25 extension installed)'}; "
         f"loading and embedding the set took {facts['load_s']:.1f} s; {queries} queries per row.",
         "",
         table,

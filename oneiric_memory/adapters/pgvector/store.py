@@ -701,11 +701,12 @@ class PgvectorMemoryStore:
         rrf_k: int | None = None,
         min_score: float | None = None,
     ) -> list[SearchHit]:
-        """Vector, text or hybrid (weighted RRF) search; every hit's ``score`` is non-increasing down the list.
+        """Vector, text or hybrid search; every hit's ``score`` is non-increasing down the list.
 
-        Scores per mode: vector = cosine similarity, text = ``ts_rank_cd`` normalized to [0, 1) (or BM25
-        when an extension serves the lexical branch), hybrid = the fused RRF score; hybrid hits also carry
-        both branch ranks. ``min_score`` drops hits below the threshold *after* ranking, so it never
+        Scores per mode: vector = cosine similarity, text = BM25 over the query's lexemes with OR semantics
+        (plain PostgreSQL, or a BM25 extension when one serves the lexical branch), hybrid = the fused score
+        (``search.fusion``: convex in [0, w_v + w_t], or weighted RRF); hybrid hits also carry both branch
+        ranks. ``min_score`` drops hits below the threshold *after* ranking, so it never
         changes the plan (a ``WHERE similarity >= x`` would disable the vector index).
         ``ef_search`` overrides ``search.ef_search`` for this call; it is raised to at least ``limit`` (and
         to the branch size in hybrid mode), and a filtered HNSW search raises it up to 2x towards
@@ -966,7 +967,7 @@ class PgvectorMemoryStore:
         """Run a statement with a lexical branch; if a BM25 branch fails, fall back to tsvector for good.
 
         The BM25 extensions' SQL differs between versions and cannot be tested here, so a failure of that
-        branch (inside a savepoint) is logged once and the store continues with ``ts_rank_cd``.
+        branch (inside a savepoint) is logged once and the store continues with its plain-PostgreSQL BM25.
         """
         params = Params()
         sql = build(params)
