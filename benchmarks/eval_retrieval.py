@@ -64,11 +64,14 @@ class Config:
     vector_weight: float | None = None
     text_weight: float | None = None
     rrf_k: int | None = None
+    fusion: str = "convex"
 
     def label(self) -> str:
         if self.mode != "hybrid":
             return self.mode
-        return f"hybrid (v={self.vector_weight:g}, t={self.text_weight:g}, k={self.rrf_k})"
+        if self.fusion == "rrf":
+            return f"hybrid (RRF, v={self.vector_weight:g}, t={self.text_weight:g}, k={self.rrf_k})"
+        return f"hybrid ({self.fusion}, v={self.vector_weight:g}, t={self.text_weight:g})"
 
 
 @dataclass(slots=True)
@@ -132,6 +135,8 @@ async def load_documents(store: PgvectorMemoryStore, embedder: Embedder, eval_se
         if result.duplicate_count:
             raise SystemExit(f"{result.duplicate_count} eval documents collapsed as duplicates in the store; "
                              "rebuild the set with benchmarks/build_eval_set.py")
+    async with store.gate.acquire() as connection:  # the lexical branch's IDF comes from ANALYZE (autovacuum's job)
+        await connection.execute(f"ANALYZE {store.table('memories')}")
     stored = await store.count(SearchFilters(projects=[PROJECT]))
     if stored != len(docs):
         raise SystemExit(f"expected {len(docs)} stored eval documents, found {stored}")
@@ -176,7 +181,7 @@ async def evaluate(embedder: Embedder, settings: MemorySettings, eval_set: EvalS
         embeddings = {q.id: vector for q, vector in zip(eval_set.queries, vectors, strict=True)}
         rrf_k = settings.search.rrf_k
         configs = [Config("vector"), Config("text")] + [
-            Config("hybrid", VECTOR_WEIGHT, weight, rrf_k) for weight in TEXT_WEIGHTS]
+            Config("hybrid", VECTOR_WEIGHT, weight, rrf_k, settings.search.fusion) for weight in TEXT_WEIGHTS]
         results = [await run_config(store, eval_set, embeddings, config, label) for config in configs]
         baseline = results[0].per_query_ndcg
         for result in results[1:]:
@@ -345,7 +350,7 @@ def _notes(results: Sequence[Result], queries: int) -> list[str]:
     text = next((r for r in results if r.config.mode == "text"), None)
     if text is not None and text.empty:
         notes[-1] += (f" Text mode answers nothing for {text.empty} of {queries} queries: "
-                      "`websearch_to_tsquery` ANDs every query term, so a document must contain all of them.")
+                      "none of their terms (after stemming and stop words) occurs in any document.")
     return notes
 
 
@@ -400,7 +405,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
     hashing_settings = eval_settings("om_eval", "hashing")
     ss = hashing_settings.search
-    default = Config("hybrid", ss.vector_weight, ss.text_weight, ss.rrf_k) if ss.default_mode == "hybrid" \
+    default = Config("hybrid", ss.vector_weight, ss.text_weight, ss.rrf_k, ss.fusion) if ss.default_mode == "hybrid" \
         else Config(ss.default_mode)
     hashing = HashingEmbedder(hashing_settings)
     await hashing.init()
