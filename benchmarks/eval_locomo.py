@@ -16,8 +16,9 @@ Embedders: the hashing embedder (offline) and bge-small-en (384-d ONNX, CLS pool
 ``../shared/tools/fetch-bge-small``, run in-process with onnxruntime + tokenizers (dev dependencies).
 Its vectors are cached under the cache folder, so repeated runs only pay for the searches.
 
-``--sweep`` also fetches each branch's top 100 per question and grid-searches the fusion offline (RRF k,
-per-branch weights and candidate counts), printing the best settings: how the defaults were chosen.
+``--sweep`` also fetches each branch's top 100 per question (with scores) and grid-searches the fusion
+offline (convex vs RRF and its k, the text weight, per-branch candidate counts), printing the best
+settings: how the defaults were chosen.
 
 Run: ``uv run python benchmarks/eval_locomo.py`` (``--no-write`` to leave docs/benchmarks.md alone).
 """
@@ -130,7 +131,7 @@ class BgeSmallOnnx:
     as far as the store and this script need).
     """
 
-    def __init__(self, folder: Path, cache: Path, *, query_instruction: str = BGE_QUERY_INSTRUCTION) -> None:
+    def __init__(self, folder: Path, cache: Path, *, query_instruction: str = "") -> None:
         import onnxruntime as ort  # dev dependency: imported only when the real model runs
         from tokenizers import Tokenizer
 
@@ -318,31 +319,64 @@ def pct(values: Sequence[float], q: float) -> float:
 # --- offline fusion sweep ---------------------------------------------------------------------------
 
 
-def fuse(vector: Sequence[str], text: Sequence[str], *, k: float, vw: float, tw: float, nv: int, nt: int,
-         limit: int = TOP) -> list[str]:
+Ranked = list[tuple[str, float]]  # (memory key, branch score), best first
+
+
+def fuse_rrf(vector: Ranked, text: Ranked, *, k: float, tw: float, n: int) -> list[str]:
     """The store's weighted RRF over branch lists (same tie-break: vector rank, then text rank)."""
     scores: dict[str, list[float]] = {}
-    for r, doc in enumerate(vector[:nv], 1):
-        scores.setdefault(doc, [0.0, math.inf, math.inf])[0] += vw / (k + r)
+    for r, (doc, _) in enumerate(vector[:n], 1):
+        scores.setdefault(doc, [0.0, math.inf, math.inf])[0] += 1.0 / (k + r)
         scores[doc][1] = r
-    for r, doc in enumerate(text[:nt], 1):
+    for r, (doc, _) in enumerate(text[:n], 1):
         scores.setdefault(doc, [0.0, math.inf, math.inf])[0] += tw / (k + r)
         scores[doc][2] = r
-    return sorted(scores, key=lambda d: (-scores[d][0], scores[d][1], scores[d][2]))[:limit]
+    return sorted(scores, key=lambda d: (-scores[d][0], scores[d][1], scores[d][2]))[:TOP]
 
 
-def sweep(questions: Sequence[Question], vector: dict[str, list[str]], text: dict[str, list[str]],
+def fuse_convex(vector: Ranked, text: Ranked, *, tw: float, n: int) -> list[str]:
+    """The store's convex fusion: each branch min-max normalised over its candidates, then weighted."""
+    def normalised(branch: Ranked) -> dict[str, float]:
+        if not branch:
+            return {}
+        lo, hi = min(s for _, s in branch), max(s for _, s in branch)
+        return {doc: (s - lo) / (hi - lo) if hi > lo else 1.0 for doc, s in branch}
+
+    v, t = normalised(vector[:n]), normalised(text[:n])
+    rank_v = {doc: r for r, (doc, _) in enumerate(vector[:n], 1)}
+    rank_t = {doc: r for r, (doc, _) in enumerate(text[:n], 1)}
+    fused = {doc: v.get(doc, 0.0) + tw * t.get(doc, 0.0) for doc in v.keys() | t.keys()}
+    return sorted(fused, key=lambda d: (-fused[d], rank_v.get(d, math.inf), rank_t.get(d, math.inf)))[:TOP]
+
+
+def sweep(questions: Sequence[Question], vector: dict[str, Ranked], text: dict[str, Ranked],
           expand: Callable[[str, list[str]], list[str]]) -> list[tuple[float, float, str]]:
-    """Grid over RRF k, text weight and candidate counts; (nDCG@10, R@10, label), best first."""
+    """Grid over fusion (convex, RRF k), text weight and candidate counts; (nDCG@10, R@10, label), best first."""
+    grid: list[tuple[str, Callable[[Ranked, Ranked], list[str]]]] = []
+    for n in (20, 40, 100):
+        for tw in (0.5, 0.75, 1.0, 1.25, 1.5):
+            grid.append((f"convex tw={tw} n={n}",
+                         lambda v, t, tw=tw, n=n: fuse_convex(v, t, tw=tw, n=n)))  # type: ignore[misc]
+            for k in (1, 5, 20, 60):
+                grid.append((f"rrf k={k} tw={tw} n={n}",
+                             lambda v, t, tw=tw, n=n, k=k: fuse_rrf(v, t, k=k, tw=tw, n=n)))  # type: ignore[misc]
     results = []
-    for k in (5, 10, 20, 30, 60, 100):
-        for tw in (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0):
-            for nv, nt in ((40, 40), (20, 20), (60, 60), (100, 100), (40, 20), (20, 40)):
-                rankings = {q.qid: expand(q.conversation, fuse(vector[q.qid], text[q.qid], k=k, vw=1.0, tw=tw,
-                                                               nv=nv, nt=nt)) for q in questions}
-                s = score("", questions, rankings)
-                results.append((s.ndcg, s.r10, f"k={k} tw={tw} nv={nv} nt={nt}"))
+    for label, fuse in grid:
+        rankings = {q.qid: expand(q.conversation, fuse(vector[q.qid], text[q.qid])) for q in questions}
+        s = score("", questions, rankings)
+        results.append((s.ndcg, s.r10, label))
     return sorted(results, reverse=True)
+
+
+async def branch_lists(store: PgvectorMemoryStore, questions: Sequence[Question], embeddings: dict[str, list[float]],
+                       mode: SearchMode) -> dict[str, Ranked]:
+    """Each question's top :data:`SWEEP_DEPTH` of one branch, keyed by the memory's first dia_id."""
+    out: dict[str, Ranked] = {}
+    for q in questions:
+        hits = await store.search(query_text=q.text, query_embedding=embeddings[q.qid] if mode == "vector" else None,
+                                  mode=mode, filters=SearchFilters(projects=[q.conversation]), limit=SWEEP_DEPTH)
+        out[q.qid] = [(str(h.metadata["dia_ids"][0]), h.score) for h in hits]
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -385,17 +419,14 @@ async def evaluate(title: str, embedder: Any, schema: str, provider: str, conver
                 f"p50 {s.p50_ms:.1f} ms p95 {s.p95_ms:.1f} ms (load {load_average()})")
         run = EmbedderRun(title, embedder.model_id, embedder.dimension, results, load_s, {})
         if do_sweep:
-            vec, _ = await run_config(store, questions, embeddings, Config("vector"), limit=SWEEP_DEPTH)
-            txt, _ = await run_config(store, questions, embeddings, Config("text"), limit=SWEEP_DEPTH)
-            # sweep on stored rows: map each ranked dia_id list back to one key per stored memory
+            vec = await branch_lists(store, questions, embeddings, "vector")
+            txt = await branch_lists(store, questions, embeddings, "text")
             first = {c: {ids[0]: ids for ids in texts.values()} for c, texts in ids_by_text.items()}
-            vk = {q.qid: [d for d in vec[q.qid] if d in first[q.conversation]] for q in questions}
-            tk = {q.qid: [d for d in txt[q.qid] if d in first[q.conversation]] for q in questions}
 
             def expand(conv: str, keys: list[str]) -> list[str]:
                 return [d for key in keys for d in first[conv][key]][:TOP]
 
-            run.sweep = sweep(questions, vk, tk, expand)
+            run.sweep = sweep(questions, vec, txt, expand)
             for ndcg, r10, label in run.sweep[:15]:
                 log(f"  sweep {label}: nDCG@10 {ndcg:.4f} R@10 {r10:.4f}")
         async with store.gate.acquire() as connection:
@@ -463,8 +494,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if folder is None:
             log("bge-small-en could not be fetched: the real-model run is skipped")
         else:
-            embedder = BgeSmallOnnx(folder, cache, query_instruction="" if args.no_instruction else
-                                    BGE_QUERY_INSTRUCTION)
+            embedder = BgeSmallOnnx(folder, cache, query_instruction=BGE_QUERY_INSTRUCTION if args.instruction
+                                    else "")
             runs.append(await evaluate("bge-small-en (real model, ONNX in-process)", embedder, "om_locomo_bge",
                                        "hashing", conversations, configs, args.data_dir, args.sweep))
     if "hashing" in args.embedders:
@@ -490,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["vector", "text", "hybrid"])
     parser.add_argument("--conversations", nargs="*", help="only these sample ids")
     parser.add_argument("--sweep", action="store_true", help="grid-search the fusion offline and print the best")
-    parser.add_argument("--no-instruction", action="store_true", help="embed bge queries without the instruction")
+    parser.add_argument("--instruction", action="store_true",
+                        help="prefix bge queries with BGE's retrieval instruction (measured slightly worse here)")
     parser.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder (default: the cache folder)")
     parser.add_argument("--cache", type=Path, help="cache folder for the model's vectors (default: the cache folder)")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
