@@ -18,34 +18,27 @@ ORDER = 50
 db_app = typer.Typer(help="Schema migrations (Alembic, shipped inside the package).", no_args_is_help=True)
 
 
+async def _migrate(revision: str, *, upgrade: bool) -> None:
+    """Move the configured schema to ``revision`` and print where it is now."""
+    from oneiric_memory.adapters.pgvector import schema_migrator
+
+    configured = settings()
+    async with schema_migrator(configured) as migrator:
+        move = migrator.upgrade if upgrade else migrator.downgrade
+        current = await move(revision)
+    console.print(f"schema {configured.postgres.db_schema} at {current or 'base'}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to head)."""
-
-    async def work() -> None:
-        from oneiric_memory.adapters.pgvector import schema_migrator
-
-        configured = settings()
-        async with schema_migrator(configured) as migrator:
-            current = await migrator.upgrade(revision)
-        console.print(f"schema {configured.postgres.db_schema} at {current}")
-
-    run(work)
+    run(lambda: _migrate(revision, upgrade=True))
 
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision, e.g. 'base' or '-1'.")]) -> None:
     """Downgrade the schema (``base`` removes every table of this package: data is lost)."""
-
-    async def work() -> None:
-        from oneiric_memory.adapters.pgvector import schema_migrator
-
-        configured = settings()
-        async with schema_migrator(configured) as migrator:
-            current = await migrator.downgrade(revision)
-        console.print(f"schema {configured.postgres.db_schema} at {current or 'base'}")
-
-    run(work)
+    run(lambda: _migrate(revision, upgrade=False))
 
 
 @db_app.command("current")
