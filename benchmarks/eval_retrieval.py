@@ -378,6 +378,8 @@ async def local_sections(args: argparse.Namespace, eval_set: EvalSet, default: C
                                 results, default, len(eval_set.queries))
         out.append(text)
         print(text)
+        if args.skip_served:
+            return out
         with FakeOllama(dimension=local.dimension, models=("bge-small-en",), embed_fn=local.embed_sync,
                         record=False) as server:
             served = load_settings({"postgres": {"db_schema": "om_eval_openai", "vector_dimension": 384},
@@ -454,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-ollama", action="store_true", help="do not try the Ollama embedder")
     parser.add_argument("--skip-local", action="store_true",
                         help="do not run the local ONNX model (in process, and served over the OpenAI API)")
+    parser.add_argument("--skip-served", action="store_true",
+                        help="run the local model in process only, not also behind the OpenAI-compatible path")
     parser.add_argument("--local-model", type=Path, default=None,
                         help="folder with model.onnx + tokenizer.json (default: shared/tools/fetch-bge-small)")
     args = parser.parse_args(argv)
