@@ -18,7 +18,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
-from tests.mcp_helpers import SERVER_COMMAND, data, error_text, server_env, wire
+from tests.mcp.harness import SERVER_COMMAND, data, error_text, server_env, wire
 
 TOOLS = {"remember", "search", "unified_search", "get", "forget", "list_projects", "stats", "health"}
 

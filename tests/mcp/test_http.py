@@ -17,7 +17,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
-from tests.mcp_helpers import SERVER_COMMAND, HttpServer, data, error_text, free_port, server_env
+from tests.mcp.harness import SERVER_COMMAND, HttpServer, data, error_text, free_port, server_env
 
 TOKEN = secrets.token_urlsafe(36)
 

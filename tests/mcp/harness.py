@@ -1,4 +1,5 @@
-"""Shared by the MCP server tests: the server's command line and environment, and small client helpers."""
+"""Shared by the MCP server tests: the server command line and environment, an HTTP server process, and small
+client helpers."""
 
 from __future__ import annotations
 
