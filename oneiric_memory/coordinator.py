@@ -662,8 +662,8 @@ class UnifiedMemory:
                 hit_id = _uuid.uuid5(_uuid.NAMESPACE_URL, f"session-buddy:{item.id}")
             hits.append(SearchHit(id=hit_id, content=item.content, memory_type="insight",
                                   project=item.project or "default",
-                                  metadata={"session_buddy_id": str(item.id), "insight_type": item.insight_type,
-                                            "topics": list(item.topics)},
+                                  metadata={"session_buddy_id": str(item.id), "insight_id": item.insight_id,
+                                            "insight_type": item.insight_type, "topics": list(item.topics)},
                                   score=float(item.score or 0.0), source="session_buddy"))
         return hits
 

@@ -101,6 +101,12 @@ def _validate(insight: Insight) -> Insight:
     return insight
 
 
+def _warm_imports(*, mcp: bool) -> None:
+    importlib.import_module("mcp_common.health")
+    if mcp:
+        importlib.import_module("fastmcp")
+
+
 def _validate_query(query: str) -> None:
     if not isinstance(query, str):
         raise InvalidInput("query must be a string", field="query")
@@ -201,6 +207,10 @@ class SessionBuddyInsightSink:
         if self._initialized:
             return
         self._closed = False
+        # mcp_common.health (for every health report) and fastmcp (for the MCP probe) take seconds to import:
+        # import them on a thread now, not on the event loop inside the first health check, whose budget
+        # (Oneiric's 5 s) the import alone can exceed on a busy machine.
+        await asyncio.to_thread(_warm_imports, mcp=self._sb.enabled and self._sb.mode in ("mcp", "auto"))
         if self._sb.enabled:
             if self._sb.mode in ("mcp", "auto") and not self._sb.mcp_url.startswith(("http://", "https://")):
                 raise ConfigurationError(

@@ -134,7 +134,9 @@ async def test_auto_mode_delivers_a_remembered_insight_through_the_running_serve
             assert SESSION_BUDDY_ID.fullmatch(row["delivered_ref"])  # the server's own id, not a handle
             result = await memory.unified_search("outbox relay running Session-Buddy", limit=5)
             assert result.sources["session_buddy"].status == "ok"
-            assert any(hit.source == "session_buddy" and text in hit.content for hit in result.hits)
+            (found_hit,) = [hit for hit in result.hits if hit.source == "session_buddy" and text in hit.content]
+            assert found_hit.metadata["insight_id"] == insight_id("alpha", text)  # our key travels with the hit
+            assert found_hit.metadata["session_buddy_id"] == row["delivered_ref"]
         finally:
             await drop_schema(memory.store)
     found = await session_buddy_server.call("quick_search", {"query": f"om:{insight_id('alpha', text)}",
