@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ __all__ = [
     "MIN_PGVECTOR_VERSION",
     "PoolStats",
     "TRANSIENT_SQLSTATE_PREFIXES",
+    "copy_records",
     "create_pool",
     "ensure_vector_extension",
     "is_transient",
@@ -99,14 +100,44 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+_CLOSED_CONNECTION_TEXTS = ("connection is closed", "connection was closed", "underlying connection is closed")
+
+
 def _transient_one(exc: BaseException) -> bool:
     if isinstance(exc, StoreUnavailable):
         return True
+    if isinstance(exc, asyncpg.InterfaceError) and any(text in str(exc) for text in _CLOSED_CONNECTION_TEXTS):
+        return True  # the client noticed the connection loss first (e.g. in Transaction.__aexit__)
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
         return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith(TRANSIENT_SQLSTATE_PREFIXES)
     return isinstance(exc, (ConnectionError, asyncpg.exceptions.ConnectionDoesNotExistError)) or (
         isinstance(exc, OSError) and not isinstance(exc, TimeoutError))
+
+
+async def copy_records(connection: asyncpg.Connection, table: str, *, records: Sequence[tuple[Any, ...]],
+                       columns: Sequence[str], poll_s: float = 0.5) -> None:
+    """``copy_records_to_table`` that notices a server death.
+
+    When the server dies while asyncpg's COPY IN waits for write flow control, the wait never ends (the paused
+    transport is never resumed on connection loss), so the COPY, its transaction and the caller hang forever.
+    The COPY runs as a task watched every ``poll_s``: once the connection is closed it is cancelled and the
+    loss surfaces as ``ConnectionDoesNotExistError`` (transient, so the write is retried).
+    """
+    copy = asyncio.ensure_future(connection.copy_records_to_table(table, records=records, columns=columns))
+    try:
+        while True:
+            done, _ = await asyncio.wait({copy}, timeout=poll_s)
+            if done:
+                copy.result()
+                return
+            if connection.is_closed():
+                raise asyncpg.ConnectionDoesNotExistError("the connection closed in the middle of a COPY")
+    finally:
+        if not copy.done():
+            copy.cancel()
+            with contextlib.suppress(BaseException):
+                await copy
 
 
 def translate_error(exc: BaseException, action: str) -> StoreError:

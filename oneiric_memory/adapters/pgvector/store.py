@@ -24,6 +24,7 @@ from oneiric_memory.adapters.pgvector.bootstrap import check_extensions, migrate
 from oneiric_memory.adapters.pgvector.connection import (
     ConnectParams,
     PoolGate,
+    copy_records,
     create_pool,
     is_transient,
     run_with_retries,
@@ -440,8 +441,8 @@ class PgvectorMemoryStore:
                 await connection.execute(
                     f"CREATE TEMP TABLE om_fill (project text, id uuid, embedding {self._vector_sql_type()}) "
                     "ON COMMIT DROP")
-                await connection.copy_records_to_table(
-                    "om_fill", records=[(p, i, list(v)) for p, i, v in items], columns=("project", "id", "embedding"))
+                await copy_records(connection, "om_fill", records=[(p, i, list(v)) for p, i, v in items],
+                                   columns=("project", "id", "embedding"))
                 status = await connection.execute(
                     f"UPDATE {self.table('memories')} m SET embedding = f.embedding, embedding_model = $1, "
                     "updated_at = now() FROM om_fill f WHERE m.project = f.project AND m.id = f.id "

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from oneiric_memory.adapters.pgvector.connection import copy_records
 from oneiric_memory.adapters.pgvector.schema import SchemaNames
 from oneiric_memory.insights import Insight
 from oneiric_memory.records import MemoryRecord, content_hash
@@ -97,7 +98,7 @@ async def upsert_batch(connection: asyncpg.Connection, names: SchemaNames, vecto
         f"source_system text, agent_id text, workflow_id text, repo_id text, session_id text, content text, "
         f"content_hash text, metadata text, embedding {vector_sql_type}, embedding_model text, "
         f"created_at timestamptz, expires_at timestamptz, copies integer) ON COMMIT DROP")
-    await connection.copy_records_to_table("om_staging", records=rows, columns=STAGING_COLUMNS)
+    await copy_records(connection, "om_staging", records=rows, columns=STAGING_COLUMNS)
     await connection.execute(
         f"INSERT INTO {memories} AS m (id, project, memory_type, source_system, agent_id, workflow_id, "
         "repo_id, session_id, content, content_hash, metadata, embedding, embedding_model, created_at, "
