@@ -20,12 +20,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict
 
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.insights import format_insight_block
 from oneiric_memory.mahavishnu import ADAPTER_ID, OneiricMemoryAdapter, attach
-from oneiric_memory.settings_sources import follows_legacy_llm_keys, installed_mahavishnu_version
+from oneiric_memory.settings_sources import (
+    follows_legacy_llm_keys,
+    installed_mahavishnu_version,
+    is_mahavishnu_036_or_newer,
+)
 from tests.coordinator_fixtures import drop_schema
 
 REQUIRED = ("adapter_id", "domain", "category", "provider", "capabilities", "factory_path")
@@ -199,3 +204,128 @@ async def test_unreachable_database_gives_unhealthy_dict_and_error_answers(
     console.print(Traceback.from_exception(type(logged), logged, logged.__traceback__, show_locals=True))
     rendered = console.export_text()
     assert "StoreUnavailable" in rendered and secret not in rendered
+
+
+# --- get_health() for Mahavishnu's dashboards: optional parts down -------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_optional_parts_down_keep_the_dashboard_status_healthy_unless_configured(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, isolated: Path) -> None:
+    """Mahavishnu 0.14 and 0.36 count anything but "healthy" as unhealthy (0.36 raises a HIGH alert). With no
+    embedding server the memory still stores and searches (``auto`` falls back to the lexical hashing embedder):
+    status stays "healthy" by default, the degraded part is named beside it, and ``mahavishnu.degraded_status:
+    degraded`` reports it instead."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    block = memory_block(pg_data_dir, schema)
+    block["embedder"] = {"provider": "auto", "ollama_url": "http://127.0.0.1:9", "openai_url": "http://127.0.0.1:9/v1",
+                         "local_download": False, "probe_timeout_s": 1.0}
+    adapter = OneiricMemoryAdapter(config={"oneiric_memory": block})
+    strict = OneiricMemoryAdapter(config={"oneiric_memory": {**block, "mahavishnu": {"degraded_status": "degraded"}}})
+    try:
+        health = await adapter.get_health()
+        assert health["status"] == "healthy", health
+        assert health["metadata"]["memory_status"] == "degraded"
+        assert "embedding" in health["metadata"]["degraded_parts"] and "embedding" in health["message"]
+        assert health["metadata"]["components"]["memory_store"]["status"] == "healthy"
+        strict_health = await strict.get_health()
+        assert strict_health["status"] == "degraded" and "embedding" in strict_health["metadata"]["degraded_parts"]
+    finally:
+        for one in (adapter, strict):
+            if one._memory is not None:
+                await drop_schema(one._memory.store)
+            await one.cleanup()
+
+
+# --- the real Mahavishnu 0.36 app (runs in the Python 3.14 environment: .ci/py314) -------------------------------
+
+MAHAVISHNU_036 = is_mahavishnu_036_or_newer(installed_mahavishnu_version())
+
+
+def stand_in_monitoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mahavishnu 0.36's wheel imports a top-level ``monitoring.metrics`` package it does not ship (so does 0.14's),
+    which makes ``mahavishnu.core.app`` unimportable as installed. This stands in for those Prometheus metrics with
+    no-op objects: the only part not real in the test below, and nothing of ours touches it."""
+    import sys
+    import types
+
+    class NoopMetric:
+        def __getattr__(self, _name: str) -> NoopMetric:
+            return self
+
+        def __call__(self, *_args: Any, **_kwargs: Any) -> NoopMetric:
+            return self
+
+        def __enter__(self) -> NoopMetric:
+            return self
+
+        def __exit__(self, *_exc: object) -> bool:
+            return False
+
+    package = types.ModuleType("monitoring")
+    package.__path__ = []
+    metrics = types.ModuleType("monitoring.metrics")
+    metrics.__getattr__ = lambda _name: NoopMetric()  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "monitoring", package)
+    monkeypatch.setitem(sys.modules, "monitoring.metrics", metrics)
+
+
+@pytest.mark.skipif(not MAHAVISHNU_036, reason="needs Mahavishnu 0.36 (Python 3.14 environment: .ci/py314); "
+                                               "Python 3.13 has 0.14, tested above through its entry point")
+@pytest.mark.asyncio
+async def test_attach_to_the_real_mahavishnu_036_app(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mahavishnu 0.36 loads its settings through Oneiric (XDG ~/.config/mahavishnu/local.yaml among them) and
+    drops the ``oneiric_memory:`` block; ``attach(app)`` still finds it there, follows ``pools.session_buddy_url``
+    and serves the app through ``app.adapters``."""
+    import os
+
+    import mahavishnu
+
+    home = tmp_path / "home"
+    for name in [n for n in os.environ if n.startswith(("MAHAVISHNU_", "ONEIRIC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings").mkdir()
+    (tmp_path / "settings" / "repos.yaml").write_text("repos: []\n", encoding="utf-8")  # Mahavishnu requires one
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    block = memory_block(pg_data_dir, schema)
+    block["search"] = {"default_limit": 3}
+    local = home / ".config" / "mahavishnu" / "local.yaml"
+    local.parent.mkdir(parents=True)
+    # Mahavishnu's own OpenTelemetry export (to localhost:4317) is switched off: it would install global providers
+    # that outlive this test.
+    local.write_text(yaml.safe_dump({"pools": {"session_buddy_url": "http://127.0.0.1:9/mcp"},
+                                     "observability": {"metrics_enabled": False, "tracing_enabled": False},
+                                     "oneiric_memory": block}), encoding="utf-8")
+    stand_in_monitoring(monkeypatch)
+
+    from mahavishnu.core.app import MahavishnuApp
+    from mahavishnu.core.bootstrap import load_config
+
+    config = load_config()  # Mahavishnu's own loader
+    assert config.pools.session_buddy_url == "http://127.0.0.1:9/mcp"
+    assert "oneiric_memory" not in config.model_dump()  # dropped by Mahavishnu: only we read it
+    app = MahavishnuApp(config)
+    assert "oneiric_memory" not in app.adapters  # 0.36 discovers nothing: attach is the way in
+
+    memory = attach(app)
+    try:
+        assert app.adapters["oneiric_memory"] is memory
+        assert memory._settings_root == Path(str(mahavishnu.__file__)).resolve().parent.parent  # Mahavishnu's anchor
+        text = "Deploy notes.\n" + format_insight_block("The real Mahavishnu 0.36 app reaches the memory via attach.")
+        stored = await memory.execute({"op": "remember", "content": text, "memory_type": "agent", "project": "mv"})
+        assert stored["status"] == "ok", stored
+        found = await memory.execute({"op": "search", "query": "real Mahavishnu app attach"})
+        assert found["status"] == "ok" and found["hits"][0]["id"] == stored["id"]
+        settings = memory._memory.settings  # type: ignore[union-attr]
+        assert settings.postgres.db_schema == schema and settings.search.default_limit == 3  # the XDG block
+        assert settings.session_buddy.mcp_url == "http://127.0.0.1:9/mcp"  # followed from Mahavishnu's pools
+        health = await app.adapters["oneiric_memory"].get_health()  # what Mahavishnu's monitoring calls
+        assert health.get("status") == "healthy", health  # the check 0.36's MonitoringService applies
+    finally:
+        if memory._memory is not None:
+            await drop_schema(memory._memory.store)
+        await memory.cleanup()

@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,10 +31,17 @@ MANIFEST = Path(__file__).resolve().parents[1] / "adapters" / "manifest.yaml"
 PAIRS = {(category, provider) for category, provider, *_ in ADAPTER_SPECS}
 
 
+def our_errors(report: Any) -> list[Any]:
+    """Registration errors of this package's entry point. Other installed packages may report their own: Mahavishnu
+    0.36 (the Python 3.14 environment) ships an ``oneiric.adapters`` entry point ``worker`` that imports a
+    ``monitoring`` package its wheel does not contain."""
+    return [error for error in report.errors if error.entry_point == "oneiric_memory"]
+
+
 def test_entry_point_registers_all_adapters_without_errors() -> None:
     resolver = Resolver()
     report = register_entrypoint_plugins(resolver, PluginsConfig(auto_load=True))
-    assert report.errors == []
+    assert our_errors(report) == []
     ours = [entry for entry in report.entries if entry.entry_point == "oneiric_memory"]
     assert len(ours) == 1 and ours[0].group == "oneiric.adapters" and ours[0].registered_candidates == 7
     assert {("memory_store", "pgvector"), ("embedding", "ollama"), ("embedding", "openai"), ("embedding", "local"),
@@ -58,7 +66,10 @@ def test_entry_point_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(metadata_module, "AdapterMetadata", broken)
     assert oneiric_adapters() == []  # a RuntimeError would abort plugin loading for the whole app
     report = register_entrypoint_plugins(Resolver(), PluginsConfig(auto_load=True))
-    assert report.registered == 0  # the app keeps starting; the empty payload is only reported
+    ours = [entry for entry in report.entries if entry.entry_point == "oneiric_memory"]
+    # the app keeps starting; the empty payload is only reported (0.33 records it as an error, 0.17 does not)
+    assert sum(entry.registered_candidates for entry in ours) == 0
+    assert all("simulated failure" not in error.reason for error in report.errors)
 
 
 @pytest.fixture
@@ -81,7 +92,7 @@ def env_settings(pg_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def lifecycle_with_plugins() -> LifecycleManager:
     resolver = Resolver()
-    assert register_entrypoint_plugins(resolver, PluginsConfig(auto_load=True)).errors == []
+    assert our_errors(register_entrypoint_plugins(resolver, PluginsConfig(auto_load=True))) == []
     return LifecycleManager(resolver, safety=LifecycleSafetyOptions(activation_timeout=120.0, health_timeout=60.0))
 
 
