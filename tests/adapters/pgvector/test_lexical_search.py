@@ -19,7 +19,7 @@ from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.adapters.pgvector.search_sql import LexicalStats, Params, parse_websearch, text_branch
 from oneiric_memory.records import MemoryRecord, SearchFilters
-from tests.conftest import make_settings
+from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
