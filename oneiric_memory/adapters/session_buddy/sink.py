@@ -51,6 +51,7 @@ from oneiric_memory.adapters.session_buddy.worker import LoopThread, acquire_wor
 from oneiric_memory.errors import ConfigurationError, InsightSinkError, InvalidInput
 from oneiric_memory.insights import Insight, InsightHit
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
+from oneiric_memory.records import check_limit, check_names, check_query
 from oneiric_memory.settings import MemorySettings, load_settings
 
 if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
@@ -80,7 +81,6 @@ _HEALTH_PROBE_S = 2.0  # upper bound of each probe inside a health check
 _HEALTH_BUDGET_S = 4.0  # whole health check; Oneiric's default health timeout is 5 s
 _MAX_LIMIT = 1000
 _MAX_DELETE = 10_000
-_MAX_QUERY_CHARS = 10_000  # the same bound as the store's text search
 _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -105,31 +105,6 @@ def _warm_imports(*, mcp: bool) -> None:
     importlib.import_module("mcp_common.health")
     if mcp:
         importlib.import_module("fastmcp")
-
-
-def _validate_query(query: str) -> None:
-    if not isinstance(query, str):
-        raise InvalidInput("query must be a string", field="query")
-    if not query.strip():
-        raise InvalidInput("query is empty; pass words to search for, or '*' to list every insight", field="query")
-    if len(query) > _MAX_QUERY_CHARS:
-        raise InvalidInput(f"query is longer than {_MAX_QUERY_CHARS} characters", field="query")
-    if "\x00" in query:
-        raise InvalidInput("query contains a NUL byte; remove it", field="query")
-    try:
-        query.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("query contains a lone surrogate; pass valid Unicode text", field="query") from None
-
-
-def _validate_projects(projects: Sequence[str] | None) -> frozenset[str] | None:
-    if projects is None:
-        return None
-    if isinstance(projects, str | bytes) or not isinstance(projects, Sequence | set | frozenset):
-        raise InvalidInput("projects must be a list of project names, not a single string", field="projects")
-    if not all(isinstance(p, str) and p.strip() for p in projects):
-        raise InvalidInput("every project must be a non-empty string", field="projects")
-    return frozenset(projects)
 
 
 def _validate_ids(ids: Sequence[str]) -> list[str]:
@@ -560,15 +535,13 @@ class SessionBuddyInsightSink:
     async def search_insights(self, query: str, limit: int = 10,
                               projects: Sequence[str] | None = None) -> list[InsightHit]:
         """Insights in Session-Buddy matching ``query`` ('*' = all), optionally only from ``projects``."""
-        _validate_query(query)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= _MAX_LIMIT:
-            raise InvalidInput(f"limit must be an integer between 1 and {_MAX_LIMIT}", field="limit")
-        wanted = _validate_projects(projects)
+        check_query(query)  # the same rules as the store's search (records.py)
+        check_limit(limit, _MAX_LIMIT)
+        names = check_names("projects", projects)
+        wanted = frozenset(names) if names is not None else None
         if not self._sb.enabled:
             return []
         self._require_usable()
-        if wanted is not None and not wanted:
-            return []
         fetch = limit if wanted is None else min(max(limit * 10, 50), _MAX_LIMIT)
         watch = Stopwatch()
         with span("insight_sink.search", provider=PROVIDER, limit=limit):

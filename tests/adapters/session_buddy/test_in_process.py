@@ -191,7 +191,8 @@ async def test_search_insights_filters_by_project(tmp_path: Path, api: str) -> N
         assert (hit.project, hit.insight_type, hit.insight_id) == ("repo-a", "gotcha", a.insight_id)
         assert hit.content == a.content and hit.score is not None
         assert "om:" not in " ".join(hit.topics) and "insight" not in hit.topics
-        assert await sink.search_insights("hnsw index", projects=[]) == []
+        with pytest.raises(InvalidInput):  # [] names nothing (records.check_names), never "every project"
+            await sink.search_insights("hnsw index", projects=[])
         assert await sink.search_insights("hnsw index", projects=["nobody"]) == []
         assert len(await sink.search_insights("*", limit=2)) == 2
         everything = await sink.search_insights("*")  # the wildcard lists every insight, whatever the version
