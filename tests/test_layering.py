@@ -2,7 +2,7 @@
 across modules. Pure AST analysis of ``oneiric_memory/`` (nothing is imported, nothing runs).
 
 Layers, lowest first (docs/architecture.md):
-    0 ground floor   errors, records, settings, observability, protocols, insights, version
+    0 ground floor   errors, records, settings (+ settings_sources), observability, protocols, insights, version
     1 adapters       adapters.* (the pgvector store package, embedders, the Session-Buddy sink), migrations.*
     2 core           coordinator (+ outbox relay, backfill), ops.*, evaluation, demo
     3 entry points   cli.*, mcp.*, plugin, mahavishnu, testing.*, and the package root (the public API)
@@ -22,7 +22,7 @@ PACKAGE = "oneiric_memory"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (0, ("errors", "records", "settings", "observability", "protocols", "insights", "version")),
+    (0, ("errors", "records", "settings", "settings_sources", "observability", "protocols", "insights", "version")),
     (1, ("adapters", "migrations")),
     (2, ("coordinator", "outbox", "backfill", "ops", "evaluation", "demo")),
     (3, ("cli", "mcp", "plugin", "mahavishnu", "testing")),
