@@ -275,7 +275,7 @@ class UnifiedMemory:
             try:
                 if await self._components.try_activate_sink():
                     report = await self._relay.deliver_due()
-                    if report.delivered and report.delivered == report.attempted:
+                    if report.delivered + report.forgotten and report.delivered + report.forgotten == report.attempted:
                         continue  # more may be due right away
                 await self._relay.status()  # refreshes the backlog gauges
             except Exception as exc:  # keep the loop alive; rows stay queued and the next round retries
@@ -508,10 +508,22 @@ class UnifiedMemory:
     async def forget(self, ids: Sequence[UUID | str] | None = None, *, filters: SearchFilters | None = None) -> int:
         if filters is not None and not isinstance(filters, SearchFilters):
             raise InvalidInput(f"filters must be a SearchFilters, not a {type(filters).__name__}", field="filters")
+        """Forget memories and everything derived from them; returns how many memories went.
+
+        Access statistics and outbox rows go with them. Insights already delivered to Session-Buddy are deleted
+        there now when it answers; otherwise a tombstone in the outbox (content already erased) is delivered by
+        the relay later, and until then ``unified_search`` drops those insights from Session-Buddy's answers.
+        """
         if ids is not None:
             _check_ids(ids)
         async with self._admit():
-            return await self._components.store().delete(ids, filters=filters)
+            deleted = await self._components.store().delete(ids, filters=filters)
+        if deleted and await self._components.try_activate_sink():
+            try:
+                await self._relay.deliver_due(tombstones_only=True)
+            except Exception as exc:  # the tombstones stay queued; the relay carries them out later
+                self._log.warning("forget-sink-deferred", error=type(exc).__name__)
+        return deleted
 
     async def get(self, ids: Sequence[UUID | str]) -> list[StoredMemory]:
         """The stored memories with these ids, in input order; unknown ids are left out."""
@@ -652,8 +664,13 @@ class UnifiedMemory:
     async def _insight_hits(self, sink: InsightSink, query: str, limit: int,
                             projects: Sequence[str] | None) -> list[SearchHit]:
         found = await sink.search_insights(query, limit=limit, projects=projects)
+        # insights of forgotten memories whose deletion has not reached Session-Buddy yet are never shown
+        forgotten = await self._components.store().outbox.tombstoned(
+            [item.insight_id for item in found if item.insight_id])
         hits: list[SearchHit] = []
         for item in found:
+            if item.insight_id in forgotten:
+                continue
             try:
                 hit_id = UUID(str(item.id))
             except ValueError:

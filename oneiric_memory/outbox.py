@@ -36,13 +36,15 @@ transaction open, and PostgreSQL ends sessions idle in a transaction (idle_in_tr
 @dataclass(slots=True)
 class RelayReport:
     delivered: int = 0
+    forgotten: int = 0
+    """Tombstones carried out: insights of forgotten memories deleted from the sink."""
     failed_attempts: int = 0
     gave_up: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
     def attempted(self) -> int:
-        return self.delivered + self.failed_attempts
+        return self.delivered + self.forgotten + self.failed_attempts
 
 
 def _feed_gauges(store: PgvectorMemoryStore, status: OutboxStatus) -> None:
@@ -70,8 +72,12 @@ class OutboxRelay:
         base = self.settings.retry_base_delay_s * (2 ** min(attempts, 20))
         return float(min(base, self.settings.retry_max_delay_s) * (0.75 + random.random() * 0.5))
 
-    async def deliver_due(self, limit: int | None = None) -> RelayReport:
-        """Deliver up to ``limit`` due rows in one claim; returns what happened."""
+    async def deliver_due(self, limit: int | None = None, *, tombstones_only: bool = False) -> RelayReport:
+        """Deliver up to ``limit`` due rows in one claim; returns what happened.
+
+        Tombstones (rows of forgotten memories) are carried out first, with one ``delete_insights`` call; they
+        are retried until Session-Buddy takes them, never given up.
+        """
         store = self._store()
         sink = self._sink()
         report = RelayReport()
@@ -79,12 +85,16 @@ class OutboxRelay:
             return report
         limit = limit or self.settings.relay_batch_size
         with span("deliver", limit=limit) as current:
-            async with store.outbox.claim(limit) as claim:
-                if claim.items:
+            async with store.outbox.claim(limit, tombstones_only=tombstones_only) as claim:
+                tombstones = [item for item in claim.items if item.tombstone]
+                if tombstones:
+                    await self._forget(claim, tombstones, sink, report)
+                deliveries = [item for item in claim.items if not item.tombstone]
+                if deliveries:
                     async with contextlib.AsyncExitStack() as stack:
                         open_error = await self._open_batch(sink, stack)
                         started = time.monotonic()
-                        for item in claim.items:
+                        for item in deliveries:
                             if time.monotonic() - started > CLAIM_BUDGET_S:
                                 break  # the rest stay due, untouched, for the next round
                             await self._deliver_one(claim, item, sink, open_error, report)
@@ -106,6 +116,23 @@ class OutboxRelay:
         except Exception as exc:
             return exc
         return None
+
+    async def _forget(self, claim: OutboxClaim, items: list[ClaimedInsight], sink: InsightSink,
+                      report: RelayReport) -> None:
+        """Delete the tombstones' insights from the sink (idempotent), then drop the rows; on failure they stay."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s * 2):
+                await sink.delete_insights([item.insight.insight_id for item in items])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            for item in items:  # never given up: forgetting must reach Session-Buddy
+                await claim.failed(item, error=error, give_up=False, retry_in_s=self._backoff_s(item.attempts + 1))
+            report.failed_attempts += len(items)
+            report.errors.append(error)
+            return
+        for item in items:
+            await claim.forgotten(item)
+        report.forgotten += len(items)
 
     async def _deliver_one(self, claim: OutboxClaim, item: ClaimedInsight, sink: InsightSink,
                            open_error: Exception | None, report: RelayReport) -> None:
@@ -134,10 +161,11 @@ class OutboxRelay:
         for _ in range(max_rounds):
             report = await self.deliver_due()
             total.delivered += report.delivered
+            total.forgotten += report.forgotten
             total.failed_attempts += report.failed_attempts
             total.gave_up += report.gave_up
             total.errors.extend(report.errors)
-            if report.attempted == 0 or report.delivered == 0:
+            if report.attempted == 0 or report.delivered + report.forgotten == 0:
                 break
         return total
 

@@ -8,7 +8,7 @@ beside the coordinator in :mod:`oneiric_memory.outbox`; this module only speaks 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,10 +41,16 @@ class OutboxStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedInsight:
-    """A claimed outbox row: the insight to deliver and how many attempts it has had."""
+    """A claimed outbox row: the insight to deliver (or, for a tombstone, to delete from the sink) and how
+    many attempts it has had."""
 
     insight: Insight
     attempts: int
+    kind: str = "deliver"
+
+    @property
+    def tombstone(self) -> bool:
+        return self.kind == "delete"
 
 
 class OutboxClaim:
@@ -60,6 +66,12 @@ class OutboxClaim:
             f"UPDATE {self._table} SET status = 'delivered', delivered_at = now(), delivered_ref = $3, "
             "attempts = attempts + 1, last_error = NULL WHERE project = $1 AND insight_id = $2",
             item.insight.project, item.insight.insight_id, reference)
+
+    async def forgotten(self, item: ClaimedInsight) -> None:
+        """A tombstone was carried out (the sink deleted the insight): nothing of it is kept."""
+        await self._connection.execute(
+            f"DELETE FROM {self._table} WHERE project = $1 AND insight_id = $2 AND kind = 'delete'",
+            item.insight.project, item.insight.insight_id)
 
     async def failed(self, item: ClaimedInsight, *, error: str, give_up: bool, retry_in_s: float) -> None:
         """Count a failed attempt; the row is due again in ``retry_in_s``, or ``failed`` for good."""
@@ -78,17 +90,19 @@ class OutboxQueue:
         self._table = store.table("insight_outbox")
 
     @asynccontextmanager
-    async def claim(self, limit: int) -> AsyncIterator[OutboxClaim]:
+    async def claim(self, limit: int, *, tombstones_only: bool = False) -> AsyncIterator[OutboxClaim]:
         """Lock up to ``limit`` due rows, oldest due first; outcomes commit together when the block exits."""
+        only = "AND kind = 'delete' " if tombstones_only else ""
         async with self._store.gate.acquire() as connection, connection.transaction():
             rows = await connection.fetch(
-                f"SELECT project, insight_id, memory_id, content, insight_type, topics, attempts FROM {self._table} "
-                "WHERE status = 'pending' AND next_attempt_at <= now() ORDER BY next_attempt_at, created_at "
-                "LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+                f"SELECT project, insight_id, memory_id, content, insight_type, topics, attempts, kind "
+                f"FROM {self._table} WHERE status = 'pending' AND next_attempt_at <= now() {only}"
+                "ORDER BY next_attempt_at, created_at LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
             items = [ClaimedInsight(insight=Insight(
                 insight_id=row["insight_id"], content=row["content"], insight_type=row["insight_type"],
                 topics=tuple(row["topics"] or ()), project=row["project"],
-                memory_id=str(row["memory_id"]) if row["memory_id"] else None), attempts=int(row["attempts"]))
+                memory_id=str(row["memory_id"]) if row["memory_id"] else None), attempts=int(row["attempts"]),
+                kind=row["kind"])
                 for row in rows]
             yield OutboxClaim(connection, self._table, items)
 
@@ -107,6 +121,16 @@ class OutboxQueue:
         return OutboxStatus(pending=int(row["pending"]), due=int(row["due"]), failed=int(row["failed"]),
                             delivered=int(row["delivered"]), oldest_pending_age_s=row["oldest"],
                             last_error=row["last_error"])
+
+    async def tombstoned(self, insight_ids: Sequence[str]) -> set[str]:
+        """Which of these insight ids belong to forgotten memories whose deletion has not reached the sink yet."""
+        if not insight_ids:
+            return set()
+        async with self._store.gate.acquire() as connection:
+            rows = await connection.fetch(
+                f"SELECT insight_id FROM {self._table} WHERE kind = 'delete' AND insight_id = ANY($1::text[])",
+                list(insight_ids))
+        return {row["insight_id"] for row in rows}
 
     async def retry_failed(self) -> int:
         """Put ``failed`` rows back in the queue (after fixing the cause); returns how many."""

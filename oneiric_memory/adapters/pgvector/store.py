@@ -528,7 +528,14 @@ class PgvectorMemoryStore:
 
     async def delete(self, ids: Sequence[uuid.UUID | str] | None = None, *,
                      filters: SearchFilters | None = None) -> int:
-        """Delete by ids, or by a non-empty filter (an empty filter would delete everything: refused)."""
+        """Forget by ids, or by a non-empty filter (an empty filter would delete everything: refused).
+
+        Everything derived from the memories goes in the same transaction: access statistics (by the foreign
+        key's cascade) and their outbox rows. A row that may have reached Session-Buddy (delivered, or a delivery
+        was attempted) becomes a tombstone: its content is erased now and the relay deletes the insight from
+        Session-Buddy later (``kind = 'delete'``); a row never attempted is simply deleted. The outbox rows are
+        locked first, so a relay delivering one of them right now finishes before the row is judged.
+        """
         if ids is None and filters is None:
             raise InvalidInput("delete needs ids or a filter")
         params = Params()
@@ -542,10 +549,24 @@ class PgvectorMemoryStore:
             where = filter_clause(SearchFilters(**{**_filters_dict(filters), "include_expired": True}), params)
         with span("store.delete"):
             async def run() -> int:
-                async with self.gate.acquire() as connection:
-                    status = await connection.execute(
-                        f"DELETE FROM {self.table('memories')} m WHERE {where}", *params.values)
-                return int(status.split()[-1])
+                outbox = self.table("insight_outbox")
+                async with self.gate.acquire() as connection, connection.transaction():
+                    gone = await connection.fetch(
+                        f"DELETE FROM {self.table('memories')} m WHERE {where} RETURNING m.project, m.id",
+                        *params.values)
+                    if gone:
+                        keys = ([row["project"] for row in gone], [row["id"] for row in gone])
+                        mine = "(o.project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+                        # each statement below takes a fresh snapshot after these locks are ours
+                        await connection.execute(f"SELECT 1 FROM {outbox} o WHERE {mine} FOR UPDATE", *keys)
+                        await connection.execute(
+                            f"DELETE FROM {outbox} o WHERE {mine} AND o.kind = 'deliver' AND o.status = 'pending' "
+                            "AND o.attempts = 0", *keys)
+                        await connection.execute(
+                            f"UPDATE {outbox} o SET kind = 'delete', content = '', topics = '{{}}', "
+                            "status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = now(), "
+                            f"delivered_at = NULL WHERE {mine}", *keys)
+                return len(gone)
 
             return await run_with_retries(self.settings.postgres, "deleting memories", run)
 

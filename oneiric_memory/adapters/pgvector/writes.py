@@ -145,5 +145,9 @@ async def enqueue_insights(connection: asyncpg.Connection, names: SchemaNames, r
             "topics) SELECT x.project, x.insight_id, x.memory_id, x.content, x.insight_type, "
             "ARRAY(SELECT jsonb_array_elements_text(x.topics)) "
             "FROM jsonb_to_recordset($1::text::jsonb) AS x(project text, insight_id text, memory_id uuid, "
-            "content text, insight_type text, topics jsonb) ON CONFLICT (project, insight_id) DO NOTHING",
+            "content text, insight_type text, topics jsonb) ON CONFLICT (project, insight_id) DO UPDATE SET "
+            # remembered again while its tombstone waits: deliver it again instead of deleting it
+            "kind = 'deliver', memory_id = EXCLUDED.memory_id, content = EXCLUDED.content, "
+            "insight_type = EXCLUDED.insight_type, topics = EXCLUDED.topics, status = 'pending', attempts = 0, "
+            f"last_error = NULL, next_attempt_at = now() WHERE {names.table('insight_outbox')}.kind = 'delete'",
             json.dumps(payload))
