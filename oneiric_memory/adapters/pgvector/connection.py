@@ -22,14 +22,18 @@ from oneiric_memory.settings import PostgresSettings
 __all__ = [
     "ConnectParams",
     "MIN_PGVECTOR_VERSION",
+    "PoolGate",
     "PoolStats",
     "TRANSIENT_SQLSTATE_PREFIXES",
+    "connect_once",
     "copy_records",
     "create_pool",
     "ensure_vector_extension",
     "is_transient",
     "retrying",
+    "run_with_retries",
     "translate_error",
+    "wait_closed",
 ]
 
 T = TypeVar("T")
