@@ -117,3 +117,21 @@ def test_migrate_duckdb_help_does_not_promise_a_default_path(args: list[str]) ->
     assert result.returncode == 0
     assert "required for a run" in result.stdout
     assert "default location" not in result.stdout
+
+
+def test_architecture_errors_section_names_real_bounds_and_tables() -> None:
+    """architecture.md said every transient fault is retried and every bad record gets InvalidInput, with nothing to
+    back either: now it names the settings that bound the retries and the tables that check the input."""
+    from oneiric_memory.settings import MemorySettings
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    errors = doc[doc.index("## Errors"):]
+    errors = errors[: errors.find("\n## ", 5) if "\n## " in errors[5:] else len(errors)]
+    settings = MemorySettings()
+    named = re.findall(r"`(postgres|embedder|session_buddy)\.(\w+)`", errors)
+    assert {"retry_attempts", "max_attempts"} <= {field for _, field in named}
+    for section, field in named:
+        assert hasattr(getattr(settings, section), field), f"{section}.{field}"
+    tables = re.findall(r"`(tests/[\w/]+\.py)`", errors)
+    assert len(tables) == 2 and all((ROOT / table).is_file() for table in tables)
+    assert "transient and retried." not in errors  # the old unbounded claim
