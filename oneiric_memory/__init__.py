@@ -14,8 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from oneiric_memory.version import __version__
-
 if TYPE_CHECKING:
     from oneiric_memory.coordinator import (
         SourceStatus,
@@ -53,8 +51,10 @@ if TYPE_CHECKING:
         MemorySettings,
         load_settings,
     )
+    from oneiric_memory.version import __version__
 
 _EXPORTS: dict[str, str] = {
+    "__version__": "oneiric_memory.version",  # importlib.metadata costs ~0.1 s: only when someone asks
     "SourceStatus": "oneiric_memory.coordinator",
     "UnifiedMemory": "oneiric_memory.coordinator",
     "UnifiedSearchResult": "oneiric_memory.coordinator",

@@ -32,6 +32,8 @@ ORDER = 20
 _PANEL = "Memories"
 _MODES = ("vector", "text", "hybrid")
 _TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_NO_SINK: dict[str, Any] = {"session_buddy": {"enabled": False}}
+"""For commands that only read PostgreSQL (search, get, list): Session-Buddy is not started."""
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -215,7 +217,7 @@ def search(
                             workflow_id=workflow_id, repo_id=repo_id, metadata=meta)
 
     async def work() -> list[Any]:
-        async with open_memory() as memory:
+        async with open_memory(_NO_SINK) as memory:  # PostgreSQL only: starting Session-Buddy would cost seconds
             return await memory.search(query, mode=mode, filters=filters, limit=limit)  # type: ignore[arg-type]
 
     hits = run(work)
@@ -280,7 +282,7 @@ def get(
     wanted = parse_ids(ids)
 
     async def work() -> list[Any]:
-        async with open_memory({"session_buddy": {"enabled": False}}) as memory:
+        async with open_memory(_NO_SINK) as memory:
             return list(await memory.store.get(wanted))
 
     found = run(work)
@@ -325,7 +327,7 @@ def list_command(
     async def work() -> Any:
         from oneiric_memory.adapters.pgvector import list_memories
 
-        async with open_memory({"session_buddy": {"enabled": False}}) as memory:
+        async with open_memory(_NO_SINK) as memory:
             return await list_memories(memory.store, filters=filters, limit=limit, after=cursor)
 
     page = run(work)

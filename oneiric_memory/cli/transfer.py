@@ -57,7 +57,7 @@ def export(
     async def work() -> int:
         from oneiric_memory.adapters.pgvector import list_memories
 
-        async with open_memory({"session_buddy": {"enabled": False}}) as memory:
+        async with open_memory({"session_buddy": {"enabled": False}}) as memory:  # reads PostgreSQL only
             total = await memory.store.count(filters)
             out: IO[str] = sys.stdout if target is None else target.open("w", encoding="utf-8")
             written = 0
