@@ -73,14 +73,14 @@ def test_oneiric_cli_lists_explains_activates_and_probes(oneiric_folder: Path, p
 
     # The OpenAI-compatible embedder against a loopback server, and the local ONNX model, by name.
     with FakeOllama(dimension=768) as server:
-        swapped = run_cli(["--suppress-events", "swap", "embedding", "--provider", "openai"], cwd=oneiric_folder,
+        swapped = run_cli([*CONFIG, "--suppress-events", "swap", "embedding", "--provider", "openai"], cwd=oneiric_folder,
                           env={**env, "MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__BASE_URL": server.openai_url},
                           program="oneiric")
         assert swapped.returncode == 0, swapped.stderr[-3000:]
         assert "Swapped adapter:embedding" in swapped.stdout and server.openai_requests
     folder, _why = find_test_model(ROOT)
     if folder is not None:  # without the real model the local swap is covered by test_oneiric_plugin's skip
-        swapped = run_cli(["--suppress-events", "swap", "embedding", "--provider", "local"], cwd=oneiric_folder,
+        swapped = run_cli([*CONFIG, "--suppress-events", "swap", "embedding", "--provider", "local"], cwd=oneiric_folder,
                           env={**env, "MAHAVISHNU_ONEIRIC_MEMORY__EMBEDDER__MODEL_PATH": str(folder),
                                "MAHAVISHNU_ONEIRIC_MEMORY__POSTGRES__VECTOR_DIMENSION": "384"}, program="oneiric")
         assert swapped.returncode == 0, swapped.stderr[-3000:]
