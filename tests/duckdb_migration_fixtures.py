@@ -26,7 +26,7 @@ from pathlib import Path
 import duckdb
 
 __all__ = ["CONVERSATIONS", "HOSTILE", "INSIGHTS", "KG_ENTITIES", "KG_RELATIONS", "LEGACY_CONVERSATIONS",
-           "LEGACY_REFLECTIONS", "REFLECTIONS", "build_legacy_file", "build_session_buddy_files"]
+           "LEGACY_REFLECTIONS", "REFLECTIONS", "build_legacy_file", "build_session_buddy_files", "has_insight_column"]
 
 # (content, project) written with store_conversation(metadata={"project": ...}).
 CONVERSATIONS: list[tuple[str, str | None]] = [
@@ -40,7 +40,8 @@ REFLECTIONS: list[tuple[str, list[str], str | None]] = [
     ("Batch upserts are faster through COPY.", ["dup"], "alpha"),
     ("Always pass use_cache=False to the reflection search.", [], None),
 ]
-# (content, insight_type, topics) written with store_insight (which drops projects: a known defect).
+# (content, insight_type, topics) written with store_insight on Session-Buddy 0.23 (which drops projects: a known
+# defect); 0.36 has no store_insight: store_reflection with the sink's tags, project "alpha" and provenance.
 INSIGHTS: list[tuple[str, str, list[str]]] = [
     ("Fuse rankings by rank, not by raw score.", "pattern", ["search"]),
     ("DuckDB allows one process per file.", "architecture", ["duckdb", "locking"]),
@@ -106,6 +107,17 @@ def build_legacy_file(path: Path) -> None:
         connection.close()
 
 
+def has_insight_column(path: Path) -> bool:
+    """Whether the file's ``reflections_v2`` has 0.23's ``insight_type`` (0.36 dropped it): the file says which
+    API wrote it, without importing Session-Buddy in the test process."""
+    connection = duckdb.connect(str(path), read_only=True)
+    try:
+        return connection.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = "
+                                  "'reflections_v2' AND column_name = 'insight_type'").fetchone() == (1,)
+    finally:
+        connection.close()
+
+
 def build_session_buddy_files(*, timeout_s: float = 300.0) -> dict[str, Path]:
     """The real-API files, built by a child process with an isolated HOME; returns their paths.
 
@@ -148,7 +160,13 @@ async def _build(out_dir: Path) -> None:  # runs in the child process only
         for content, tags, project in REFLECTIONS:
             await db.store_reflection(content, tags=tags, project=project)
         for content, insight_type, topics in INSIGHTS:
-            await db.store_insight(content, insight_type=insight_type, topics=topics, projects=["alpha"])
+            if hasattr(db, "store_insight"):  # Session-Buddy 0.23
+                await db.store_insight(content, insight_type=insight_type, topics=topics, projects=["alpha"])
+            else:  # 0.36 removed it: an insight is a reflection tagged the way our sink writes one (tags.tags_for)
+                await db.store_reflection(content, tags=["insight", insight_type, *topics, f"om:{insight_type}-id",
+                                                           "project:alpha"],
+                                          project="alpha", source_session_id="session-1",
+                                          source_artifact_uri=f"oneiric-memory://{insight_type}")
 
     async with KnowledgeGraphDatabaseAdapterOneiric(
             settings=KnowledgeGraphAdapterSettings(database_path=out_dir / "knowledge_graph.duckdb")) as kg:

@@ -39,6 +39,7 @@ from tests.duckdb_migration_fixtures import (
     LEGACY_REFLECTIONS,
     build_legacy_file,
     build_session_buddy_files,
+    has_insight_column,
 )
 from tests.support import make_settings
 
@@ -139,7 +140,12 @@ async def test_inventory_and_dry_run_write_nothing(migration: DuckDBMigration, m
     assert inventory.families == ["knowledge_graph", "v2"]
     assert (tables["conversations_v2"].rows, tables["conversations_v2"].migrate) == (3, True)
     assert tables["reflections_v2"].split == {"insight": 2, "agent": 3}
-    assert {"insight_type", "embedding", "tags"} <= {c.name for c in tables["reflections_v2"].columns}
+    columns = {c.name for c in tables["reflections_v2"].columns}
+    if has_insight_column(files["reflection"]):  # Session-Buddy 0.23
+        assert {"insight_type", "embedding", "tags"} <= columns
+    else:  # 0.36: insights are tagged reflections; provenance columns instead
+        assert {"source_session_id", "source_artifact_uri", "embedding", "tags"} <= columns
+        assert not {"insight_type", "usage_count", "last_used_at", "confidence_score"} & columns
     assert (tables["kg_entities"].rows, tables["kg_relationships"].rows) == (3, 2)
     assert tables["query_cache_l2"].migrate is False
     assert inventory.rows_to_migrate == TOTAL_V2_ROWS
@@ -186,17 +192,28 @@ async def test_v2_and_knowledge_graph_map_correctly(migration: DuckDBMigration, 
     reflections = by_source(rows, "reflections_v2")
     insights = {r["content"]: r for r in reflections.values() if r["memory_type"] == "insight"}
     assert set(insights) == {content for content, _, _ in INSIGHTS}
+    typed = has_insight_column(files["reflection"])
     for content, insight_type, topics in INSIGHTS:
-        assert insights[content]["metadata"]["insight_type"] == insight_type
-        assert insights[content]["metadata"]["tags"] == topics
-        assert insights[content]["metadata"]["source"]["metadata"]["quality_score"] == 0.5
+        insight = insights[content]
+        assert insight["metadata"]["insight_type"] == insight_type
+        assert insight["metadata"]["tags"] == topics  # 0.36: the sink's marker tags are not topics
+        if typed:  # 0.23's store_insight: quality score in its metadata, project dropped
+            assert insight["metadata"]["source"]["metadata"]["quality_score"] == 0.5
+            assert insight["project"] == "default"
+        else:  # 0.36's store_reflection: project column and the new provenance columns, raw tags kept in source
+            assert insight["project"] == "alpha"
+            source = insight["metadata"]["source"]
+            assert (source["source_session_id"], source["source_artifact_uri"]) == (
+                "session-1", f"oneiric-memory://{insight_type}")
+            assert source["tags"][:2] == ["insight", insight_type] and "project:alpha" in source["tags"]
     agents = [r for r in reflections.values() if r["memory_type"] == "agent"]
     assert sorted(r["content"] for r in agents) == ["Always pass use_cache=False to the reflection search.",
                                                     "Batch upserts are faster through COPY."]
     copy = next(r for r in agents if r["content"].startswith("Batch"))
     assert copy["project"] == "alpha" and copy["metadata"]["tags"] in (["perf", "postgres"], ["dup"])
     assert await scalar(mstore, "SELECT count(DISTINCT memory_id) FROM {items} "
-                                "WHERE source_table = 'reflections_v2' AND project = 'alpha'") == 1
+                                "WHERE source_table = 'reflections_v2' AND project = 'alpha'") == (
+        1 if typed else 1 + len(INSIGHTS))
 
     relations = by_source(rows, "kg_relationships")
     assert sorted(r["content"] for r in relations.values()) == [

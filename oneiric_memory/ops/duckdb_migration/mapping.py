@@ -16,6 +16,7 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import Any
 
+from oneiric_memory.adapters.session_buddy.tags import hit_from, looks_like_insight
 from oneiric_memory.errors import (
     InvalidInput,
 )
@@ -122,6 +123,23 @@ def _shrink_metadata(metadata: dict[str, Any], flags: set[str]) -> dict[str, Any
     return metadata
 
 
+def _tagged_insight(row: Row) -> tuple[str, list[str]] | None:
+    """(insight type, topics) of a reflection our sink wrote to Session-Buddy 0.36, else None.
+
+    0.36 has no ``insight_type`` column: the sink writes an insight as a reflection tagged
+    ``["insight", <type>, *topics, "om:<id>", ...]``; the tag codec reads it back (markers are not topics).
+    A row with a non-blank ``insight_type`` (0.23) is classified by that column instead.
+    """
+    insight_type = row.get("insight_type")
+    if isinstance(insight_type, str) and insight_type.strip():
+        return None
+    tags = row.get("tags")
+    if not isinstance(tags, list) or not looks_like_insight(tags):
+        return None
+    hit = hit_from(row.get(SOURCE_ID), "", [t for t in tags if isinstance(t, str)], None, None)
+    return hit.insight_type, list(hit.topics)
+
+
 def _short_text(value: Any, flags: set[str]) -> str | None:
     if not isinstance(value, str):
         return None
@@ -153,7 +171,7 @@ class Mapper:
             return row.get("content"), "agent"
         if spec.kind == "reflection":
             insight_type = row.get("insight_type")
-            is_insight = isinstance(insight_type, str) and insight_type.strip() != ""
+            is_insight = (isinstance(insight_type, str) and insight_type.strip() != "") or _tagged_insight(row) is not None
             return row.get("content"), "insight" if is_insight else "agent"
         if spec.kind == "entity":
             name, kind = row.get("name"), row.get("entity_type")
@@ -188,7 +206,7 @@ class Mapper:
                            "raise it and run again to migrate this row")
         record = MemoryRecord(
             content=content, memory_type=memory_type, project=project, source_system=SOURCE_SYSTEM,
-            session_id=_short_text(row.get("session_id"), flags),
+            session_id=_short_text(row.get("session_id") or row.get("source_session_id"), flags),
             created_at=next((_aware(row[c]) for c in TIMESTAMP_COLUMNS if isinstance(row.get(c), datetime)), None),
             metadata=self._metadata(spec, row, ctx, run_id, source_id, memory_type, flags))
         try:
@@ -225,6 +243,13 @@ class Mapper:
             metadata["tags"] = tag_list
         if memory_type == "insight" and isinstance(row.get("insight_type"), str):
             metadata["insight_type"] = _strip_nul(row["insight_type"], flags)
+        elif memory_type == "insight" and spec.kind == "reflection" and (tagged := _tagged_insight(row)) is not None:
+            metadata["insight_type"] = tagged[0]
+            topics = [_strip_nul(t, flags) for t in tagged[1]]
+            if topics:
+                metadata["tags"] = topics
+            else:
+                metadata.pop("tags", None)
         if spec.kind == "relation":
             metadata["relation"] = _jsonable(row.get("relation_type"), flags)
             metadata["entities"] = [

@@ -204,8 +204,12 @@ class DuckDBMigration:
     @staticmethod
     async def _split(spec: TableSpec, source: DuckDBSource, rows: int) -> dict[str, int]:
         """Rows per target memory_type: reflections split on ``insight_type``."""
-        if spec.kind == "reflection" and "insight_type" in spec.names:
-            insights = await source.count(spec.name, "insight_type IS NOT NULL AND trim(insight_type) <> ''")
+        if spec.kind == "reflection" and ("insight_type" in spec.names or "tags" in spec.names):
+            # 0.23: insight_type; 0.36 (no such column): the sink's `insight` / `om:<id>` tags (tags.looks_like_insight).
+            typed = "(insight_type IS NOT NULL AND trim(insight_type) <> '')" if "insight_type" in spec.names else "false"
+            tagged = ("EXISTS (SELECT 1 FROM unnest(tags) AS u(t) WHERE t = 'insight' OR starts_with(t, 'om:'))"
+                      if "tags" in spec.names else "false")
+            insights = await source.count(spec.name, f"{typed} OR {tagged}")
             return {"insight": insights, "agent": rows - insights}
         return {"insight" if spec.kind in ("entity", "relation") else "agent": rows}
 
