@@ -136,7 +136,8 @@ def build_session_buddy_files(*, timeout_s: float = 300.0) -> dict[str, Path]:
         work = Path(tempfile.mkdtemp(prefix="building-", dir=root))
         env = {**os.environ, "HOME": str(work / "home-that-does-not-exist")}
         try:
-            subprocess.run([sys.executable, __file__, str(work)], env=env, check=True, timeout=timeout_s,
+            # -P: the script's folder (tests/) is not put on sys.path, where tests/mcp/ would shadow the mcp package
+            subprocess.run([sys.executable, "-P", __file__, str(work)], env=env, check=True, timeout=timeout_s,
                            capture_output=True)
             with contextlib.suppress(OSError):  # atomic: a concurrent session that finished first keeps its copy
                 work.rename(final)
