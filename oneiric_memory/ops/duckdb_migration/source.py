@@ -48,9 +48,9 @@ class Family:
 
 MIGRATED_TABLES: dict[str, Family] = {
     "conversations_v2": Family("conversation", "v2", ("id", "content"), "agent"),
-    "reflections_v2": Family("reflection", "v2", ("id", "content"), "insight if insight_type is set, else agent"),
+    "reflections_v2": Family("reflection", "v2", ("id", "content"), "insight if insight_type is set or tagged insight/om:<id> (0.36), else agent"),
     "conversations": Family("conversation", "legacy", ("id", "content"), "agent"),
-    "reflections": Family("reflection", "legacy", ("id", "content"), "insight if insight_type is set, else agent"),
+    "reflections": Family("reflection", "legacy", ("id", "content"), "insight if insight_type is set or tagged insight/om:<id> (0.36), else agent"),
     "kg_entities": Family("entity", "knowledge_graph", ("id", "name"),
                            "insight: '<name> (<type>)' and its observations"),
     "kg_relationships": Family("relation", "knowledge_graph", ("id", "from_entity", "to_entity", "relation_type"),
