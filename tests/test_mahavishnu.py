@@ -242,52 +242,20 @@ async def test_optional_parts_down_keep_the_dashboard_status_healthy_unless_conf
 MAHAVISHNU_036 = is_mahavishnu_036_or_newer(installed_mahavishnu_version())
 
 
-def stand_in_monitoring(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Mahavishnu 0.36's wheel imports a top-level ``monitoring.metrics`` package it does not ship (so does 0.14's),
-    which makes ``mahavishnu.core.app`` unimportable as installed. This stands in for those Prometheus metrics with
-    no-op objects: the only part not real in the test below, and nothing of ours touches it."""
-    import sys
-    import types
-
-    class NoopMetric:
-        def __getattr__(self, _name: str) -> NoopMetric:
-            return self
-
-        def __call__(self, *_args: Any, **_kwargs: Any) -> NoopMetric:
-            return self
-
-        def __enter__(self) -> NoopMetric:
-            return self
-
-        def __exit__(self, *_exc: object) -> bool:
-            return False
-
-    package = types.ModuleType("monitoring")
-    package.__path__ = []
-    metrics = types.ModuleType("monitoring.metrics")
-    metrics.__getattr__ = lambda _name: NoopMetric()  # type: ignore[method-assign]
-    monkeypatch.setitem(sys.modules, "monitoring", package)
-    monkeypatch.setitem(sys.modules, "monitoring.metrics", metrics)
-
-
 @pytest.mark.skipif(not MAHAVISHNU_036, reason="needs Mahavishnu 0.36 (Python 3.14 environment: .ci/py314); "
                                                "Python 3.13 has 0.14, tested above through its entry point")
-@pytest.mark.asyncio
-async def test_attach_to_the_real_mahavishnu_036_app(
-        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attach_to_the_real_mahavishnu_036_app(pg_server: EmbeddedConnectInfo, pg_data_dir: Path,
+                                               tmp_path: Path) -> None:
     """Mahavishnu 0.36 loads its settings through Oneiric (XDG ~/.config/mahavishnu/local.yaml among them) and
     drops the ``oneiric_memory:`` block; ``attach(app)`` still finds it there, follows ``pools.session_buddy_url``
-    and serves the app through ``app.adapters``."""
+    and serves the app through ``app.adapters``. The app runs in a child process (tests/mahavishnu036_child.py):
+    it installs process-wide logging and OpenTelemetry state that would leak into later tests."""
+    import json
     import os
-
-    import mahavishnu
+    import subprocess
+    import sys
 
     home = tmp_path / "home"
-    for name in [n for n in os.environ if n.startswith(("MAHAVISHNU_", "ONEIRIC_"))]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "settings").mkdir()
     (tmp_path / "settings" / "repos.yaml").write_text("repos: []\n", encoding="utf-8")  # Mahavishnu requires one
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -295,37 +263,23 @@ async def test_attach_to_the_real_mahavishnu_036_app(
     block["search"] = {"default_limit": 3}
     local = home / ".config" / "mahavishnu" / "local.yaml"
     local.parent.mkdir(parents=True)
-    # Mahavishnu's own OpenTelemetry export (to localhost:4317) is switched off: it would install global providers
-    # that outlive this test.
+    # Mahavishnu's own OpenTelemetry export (to localhost:4317) is switched off.
     local.write_text(yaml.safe_dump({"pools": {"session_buddy_url": "http://127.0.0.1:9/mcp"},
                                      "observability": {"metrics_enabled": False, "tracing_enabled": False},
                                      "oneiric_memory": block}), encoding="utf-8")
-    stand_in_monitoring(monkeypatch)
-
-    from mahavishnu.core.app import MahavishnuApp
-    from mahavishnu.core.bootstrap import load_config
-
-    config = load_config()  # Mahavishnu's own loader
-    assert config.pools.session_buddy_url == "http://127.0.0.1:9/mcp"
-    assert "oneiric_memory" not in config.model_dump()  # dropped by Mahavishnu: only we read it
-    app = MahavishnuApp(config)
-    assert "oneiric_memory" not in app.adapters  # 0.36 discovers nothing: attach is the way in
-
-    memory = attach(app)
-    try:
-        assert app.adapters["oneiric_memory"] is memory
-        assert memory._settings_root == Path(str(mahavishnu.__file__)).resolve().parent.parent  # Mahavishnu's anchor
-        text = "Deploy notes.\n" + format_insight_block("The real Mahavishnu 0.36 app reaches the memory via attach.")
-        stored = await memory.execute({"op": "remember", "content": text, "memory_type": "agent", "project": "mv"})
-        assert stored["status"] == "ok", stored
-        found = await memory.execute({"op": "search", "query": "real Mahavishnu app attach"})
-        assert found["status"] == "ok" and found["hits"][0]["id"] == stored["id"]
-        settings = memory._memory.settings  # type: ignore[union-attr]
-        assert settings.postgres.db_schema == schema and settings.search.default_limit == 3  # the XDG block
-        assert settings.session_buddy.mcp_url == "http://127.0.0.1:9/mcp"  # followed from Mahavishnu's pools
-        health = await app.adapters["oneiric_memory"].get_health()  # what Mahavishnu's monitoring calls
-        assert health.get("status") == "healthy", health  # the check 0.36's MonitoringService applies
-    finally:
-        if memory._memory is not None:
-            await drop_schema(memory._memory.store)
-        await memory.cleanup()
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("MAHAVISHNU_", "ONEIRIC_"))}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    child = Path(__file__).with_name("mahavishnu036_child.py")
+    # -P: tests/ must not shadow installed packages (tests/mcp would hide the MCP SDK)
+    result = subprocess.run([sys.executable, "-P", str(child), schema], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts["session_buddy_url"] == "http://127.0.0.1:9/mcp"  # Mahavishnu's loader read the XDG file
+    assert facts["block_kept_by_mahavishnu"] is False  # and dropped our block: only we read it
+    assert "oneiric_memory" not in facts["adapters_before"]  # 0.36 discovers nothing: attach is the way in
+    assert facts["attached"] is True and facts["settings_root"] == facts["mahavishnu_anchor"]
+    assert facts["stored"] is True and facts["found_first"] is True
+    assert (facts["schema"], facts["default_limit"]) == (schema, 3)  # the block in ~/.config/mahavishnu/local.yaml
+    assert facts["mcp_url"] == "http://127.0.0.1:9/mcp"  # followed from Mahavishnu's pools.session_buddy_url
+    assert facts["health"]["status"] == "healthy", facts["health"]  # the check 0.36's MonitoringService applies
