@@ -39,12 +39,17 @@ def invoke(args: list[str], *, env: dict[str, str], stdin: str | bytes | None = 
     ``--settings-root`` (in-process the working directory is the repository, whose settings/ must not apply)."""
     if root is not None:
         args = ["--settings-root", str(root), *args]
+    import structlog
     from typer.testing import CliRunner
 
     from oneiric_memory.cli import app
 
     clean: dict[str, str | None] = {key: None for key in os.environ if key.startswith(("MAHAVISHNU_", "ONEIRIC_"))}
-    result = CliRunner().invoke(app, args, env={**clean, **env}, input=stdin, catch_exceptions=False)
+    saved = structlog.get_config()  # the CLI configures logging for the process (WARNING): never let it leak,
+    try:  # even from a module-scoped fixture, into later tests' capture_logs()
+        result = CliRunner().invoke(app, args, env={**clean, **env}, input=stdin, catch_exceptions=False)
+    finally:
+        structlog.configure(**saved)
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
