@@ -27,11 +27,18 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 @pytest.fixture(autouse=True)
 def _restore_logging_config() -> Iterator[None]:
-    """A test that runs the CLI in-process configures structlog (level filter, renderer) for the whole process;
-    restore the configuration so later tests' ``capture_logs()`` sees every event."""
+    """Every test starts from the library's own logging configuration (stderr, INFO, uncached).
+
+    Restoring "whatever was there before the test" is not enough: a module- or session-scoped fixture (an
+    in-process CLI or MCP server, Oneiric's own ``configure_logging``) can leave a WARNING level filter or cached
+    loggers behind before any test's snapshot is taken, and ``capture_logs()`` then sees nothing."""
     import structlog
 
+    from oneiric_memory.observability import configure_logging
+
     saved = structlog.get_config()
+    saved["processors"] = list(saved["processors"])  # get_config hands out the live list
+    configure_logging()
     yield
     structlog.configure(**saved)
 
