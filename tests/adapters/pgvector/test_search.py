@@ -385,11 +385,11 @@ async def test_a_failing_bm25_branch_falls_back_to_tsvector(corpus: Corpus) -> N
     try:
         expected = [h.id for h in await store.search_text("quokka migration", limit=5)]
         store.bm25_extension = "pg_textsearch"
-        store._bm25_index = f"{store.schema}.memories_bm25"
-        store._bm25_checked = True
+        store.searcher._bm25_index = f"{store.schema}.memories_bm25"
+        store.searcher._bm25_checked = True
         hits = await store.search_text("quokka migration", limit=5)
         assert [h.id for h in hits] == expected == [corpus.lexical_id]
-        assert store._bm25_index is None
+        assert store.searcher._bm25_index is None
         hybrid = await store.search_hybrid("quokka migration", corpus.semantic_vector, limit=5)
         assert {corpus.lexical_id, corpus.semantic_id} <= {h.id for h in hybrid}
     finally:

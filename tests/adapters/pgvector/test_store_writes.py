@@ -271,7 +271,7 @@ async def test_a_failure_after_copy_and_insert_rolls_back(store: PgvectorMemoryS
         async def _upsert(self, rows: list[tuple[Any, ...]], mode: str, records: Sequence[MemoryRecord],
                           insights: Sequence[Sequence[Insight]] | None) -> list[asyncpg.Record]:
             async with self.gate.acquire() as connection, connection.transaction():  # as the store does
-                merged = await upsert_batch(connection, self.names, self._vector_sql_type(), rows, mode, records,
+                merged = await upsert_batch(connection, self.names, self.vector_sql_type, rows, mode, records,
                                             insights)
                 assert merged, "the COPY and the INSERT ran"
                 raise RuntimeError("injected failure after COPY")
