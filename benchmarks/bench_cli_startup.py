@@ -143,6 +143,7 @@ def main() -> None:
                 print(f"before {case.label}: {cpu:.2f} s CPU, {count} modules", flush=True)
         finally:
             asyncio.run(server.stop())
+    uv_run = uv_run_overhead()
     lines = [
         "## CLI start-up (`bench_cli_startup.py`)",
         "",
@@ -151,7 +152,7 @@ def main() -> None:
         f"- Run at: {run_at()}; load average {load_before} before, {load_average()} after (CPU seconds barely "
         "depend on the load; wall seconds do)",
         f"- What: each command as its own process, started the way the `oneiric-memory` console script starts it; median of {runs} warm runs "
-        "(bytecode cached, as `uv sync` now compiles it: `[tool.uv] compile-bytecode = true`). *Cold*: one run "
+        "(bytecode cached by Python, or once by `uv sync --compile-bytecode`). *Cold*: one run "
         "with no bytecode at all (`PYTHONDONTWRITEBYTECODE=1`, empty `PYTHONPYCACHEPREFIX`). *Before*: the same "
         f"commands on the package at `{options.before}` (before issue 12). Modules from `python -X importtime`; "
         "*heavy* lists the database, MCP, DuckDB and HTTP families loaded.",
@@ -170,11 +171,39 @@ def main() -> None:
         "0.5 s of CPU); `tests/cli/test_startup.py` fails if one of those modules comes back. A command loads the "
         "store (asyncpg; alembic to check the schema's revision) and its embedder, and no longer MCP, fastmcp or "
         "DuckDB, which came in through `mcp_common.health` imported at module level for a type.",
-        "What remains of `--help` is mostly typer 0.29 itself: it builds a pydantic `TypeAdapter` per parameter "
-        "(pydantic is imported for that, ~0.15 s) and renders help with rich's markdown (~0.15 s); `search --help` "
-        "has the most options.",
+        "Help imports neither pydantic nor asyncio (also tested): typer 0.29 coerces every processed option through "
+        "a pydantic `TypeAdapter`, and the root group's options are processed before `<command> --help` answers, so "
+        "the root's four options are coerced by the CLI itself (`cli._RootOption`), and `errors` imports asyncio "
+        "only when it needs it. What remains of `--help` is typer, click and rich (its markdown renderer is "
+        "imported by typer's rich help). An argument error still loads pydantic: typer validates values with it.",
+        "",
+        f"`uv run` itself, before the command starts (`uv run python -c pass`, median of 3): {uv_run}. "
+        "`[tool.uv] compile-bytecode = true` made that 3-5 s, because uv byte-compiled the whole environment "
+        "(~17,000 files) on every `uv run`; it was removed, and users whose shell sets `PYTHONDONTWRITEBYTECODE=1` "
+        "compile once with `uv sync --compile-bytecode` (README).",
     ]
     write_section("cli", "\n".join(lines))
+
+
+def uv_run_overhead(runs: int = 3) -> str:
+    """Wall and CPU seconds of `uv run python -c pass` from the project root (uv's sync check included)."""
+    import shutil
+
+    uv = shutil.which("uv")
+    if uv is None:
+        return "not measured (uv is not on PATH)"
+    results = []
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run([uv, "run", "--frozen", "python", "-c", "pass"], cwd=ROOT, env=env, capture_output=True,
+                       check=True, timeout=300)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        results.append((wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)))
+    return (f"{statistics.median(w for w, _ in results):.2f} s wall, "
+            f"{statistics.median(c for _, c in results):.2f} s CPU")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Retries with backoff apply to the *transient* classes only (``StoreUnavailable``
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -117,9 +116,11 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     surface in the group as a ``CancelledError`` ahead of the cause, and re-raising that would look like a
     cancellation of the caller.
     """
+    from asyncio import CancelledError  # here, not at import: errors is loaded by `--help`, asyncio costs ~40 ms
+
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
             return first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
+        if not isinstance(exc, CancelledError):
             return exc
     return group.exceptions[0]

@@ -19,15 +19,41 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from oneiric_memory.cli._runtime import EXIT_CODES, STATE, report_cli_error, report_error
 
 __all__ = ["EXIT_CODES", "app", "main"]
 
 
+class _RootOption(TyperOption):
+    """A root option (``--debug``, ``--verbose``, ``--help``, ``--settings-root``) coerced without pydantic.
+
+    The root group's options are processed for every command, ``<command> --help`` included, and typer (0.29)
+    builds a pydantic ``TypeAdapter`` to coerce any option whose value is not already a bool, even an absent one:
+    importing pydantic cost ``search --help`` about a third of its CPU. These options need no such validation: a
+    flag is true or false and a folder name is text. Any other root option keeps typer's coercion.
+    """
+
+    def process_value(self, ctx: Any, value: Any) -> Any:
+        if self.name == "settings_root":
+            value = Path(value) if isinstance(value, str) and value else None
+        elif self.type_descriptor.annotation is bool and (value is None or isinstance(value, bool)):
+            value = bool(value)
+        else:
+            return super().process_value(ctx, value)
+        return self.callback(ctx, self, value) if self.callback is not None else value
+
+
 class _OneLineErrors(TyperGroup):
     """The root group: every failure becomes one line on stderr and a documented exit code."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if type(param) is TyperOption:
+                param.__class__ = _RootOption  # the same object and help text; only its coercion changes
+        return params
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
