@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
@@ -33,6 +34,7 @@ from oneiric_memory.insights import extract_insights
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.protocols import Embedder, InsightSink
+from oneiric_memory.rag import IngestOptions, IngestReport, Progress, ingest_repository
 from oneiric_memory.records import (
     MEMORY_TYPES,
     MemoryRecord,
@@ -496,6 +498,34 @@ class UnifiedMemory:
             records.append(MemoryRecord(content=chunk["content"], memory_type="rag", project=project,
                                         repo_id=repo_id, source_system="mahavishnu", metadata=meta))
         return await self.remember_many(records)
+
+    async def ingest_repository(self, path: str | Path, repo_id: str, *, project: str = "default",
+                                options: IngestOptions | None = None,
+                                progress: Progress | None = None) -> IngestReport:
+        """Ingest (or re-ingest, incrementally) the repository at ``path`` as ``repo_id``'s RAG chunks.
+
+        Unchanged files are skipped, changed files' chunks replaced, deleted files' removed and renamed files'
+        moved without re-embedding; a killed run is finished by the next one. See :mod:`oneiric_memory.rag`.
+        ``progress(unit, done, total)`` is called with unit ``files`` and ``chunks``.
+        """
+        if options is not None and not isinstance(options, IngestOptions):
+            raise InvalidInput(f"options must be an IngestOptions, not a {type(options).__name__}", field="options")
+        async with self._admit():
+            store = self._components.store()
+
+            async def embed(records: list[MemoryRecord]) -> None:
+                await self._embed_records(store, records)
+
+            with span("ingest_repository", repo_id=str(repo_id)[:64]):
+                return await ingest_repository(store, embed, path, repo_id, project=project, options=options,
+                                               progress=progress)
+
+    async def ingestions(self, repo_id: str, *, project: str = "default", limit: int = 10) -> list[dict[str, Any]]:
+        """The latest ingestion runs of ``repo_id``, newest first (status, counts, timings, errors)."""
+        _check_label("repo_id", repo_id)
+        check_limit(limit, 1000)
+        async with self._admit():
+            return await self._components.store().rag.ingestions(project, repo_id, limit)
 
     async def store_workflow_execution(self, workflow_id: str, summary: str, status: str,
                                        metadata: Mapping[str, Any] | None = None, *,

@@ -4,7 +4,7 @@ across modules. Pure AST analysis of ``oneiric_memory/`` (nothing is imported, n
 Layers, lowest first (docs/architecture.md):
     0 ground floor   errors, records, settings (+ settings_sources), observability, protocols, insights, version
     1 adapters       adapters.* (the pgvector store package, embedders, the Session-Buddy sink), migrations.*
-    2 core           coordinator (+ outbox relay, backfill), ops.*, evaluation, demo
+    2 core           coordinator (+ outbox relay, backfill), ops.*, evaluation, demo, rag.* (repository ingestion)
     3 entry points   cli.*, mcp.*, plugin, mahavishnu, testing.*, and the package root (the public API)
 A new module must be given a layer in ``LAYERS`` below: the test fails until it is.
 """
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (0, ("errors", "records", "settings", "settings_sources", "observability", "protocols", "insights", "version")),
     (1, ("adapters", "migrations")),
-    (2, ("coordinator", "outbox", "backfill", "ops", "evaluation", "demo")),
+    (2, ("coordinator", "outbox", "backfill", "ops", "evaluation", "demo", "rag")),
     (3, ("cli", "mcp", "plugin", "mahavishnu", "testing")),
 )
 LAYER_NAMES = {0: "ground floor", 1: "adapters", 2: "coordinator & ops", 3: "entry points"}

@@ -7,6 +7,7 @@ from oneiric_memory.adapters.pgvector.bootstrap import schema_migrator
 from oneiric_memory.adapters.pgvector.indexes import ivfflat_lists_for
 from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.planner import SearchPlan
+from oneiric_memory.adapters.pgvector.rag_index import FileChunks, IndexedFile, RagIndex, chunk_key
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
@@ -14,11 +15,15 @@ from oneiric_memory.adapters.pgvector.store import (
 )
 
 __all__ = [
+    "FileChunks",
+    "IndexedFile",
     "ListedMemory",
     "MemoryPage",
     "PendingMemory",
     "PgvectorMemoryStore",
+    "RagIndex",
     "SearchPlan",
+    "chunk_key",
     "ivfflat_lists_for",
     "list_memories",
     "pgvector_store_factory",

@@ -20,7 +20,8 @@ __all__ = [
     "quote_literal",
 ]
 
-PACKAGE_TABLES: tuple[str, ...] = ("memories", "memory_access", "insight_outbox", "rag_ingestions", "embedding_meta")
+PACKAGE_TABLES: tuple[str, ...] = ("memories", "memory_access", "insight_outbox", "rag_ingestions", "rag_files",
+                                   "embedding_meta")
 """The tables maintenance vacuums and monitoring reports on (and slow statements are matched against)."""
 
 MIGRATION_TABLES: tuple[str, ...] = ("migration_runs", "migration_items", "migration_checkpoints")

@@ -39,6 +39,7 @@ from oneiric_memory.adapters.pgvector.indexes import (
 from oneiric_memory.adapters.pgvector.migration_ledger import MigrationLedger
 from oneiric_memory.adapters.pgvector.outbox import OutboxQueue
 from oneiric_memory.adapters.pgvector.planner import SearchPlan
+from oneiric_memory.adapters.pgvector.rag_index import RagIndex
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta
 from oneiric_memory.adapters.pgvector.search import SearchExecutor
 from oneiric_memory.adapters.pgvector.search_sql import Params, filter_clause
@@ -128,6 +129,11 @@ class PgvectorMemoryStore:
     def outbox(self) -> OutboxQueue:
         """The insight outbox as a queue (claim, record outcomes, status, requeue)."""
         return OutboxQueue(self)
+
+    @property
+    def rag(self) -> RagIndex:
+        """Repository ingestion's files, chunk rows and run records."""
+        return RagIndex(self)
 
     @property
     def migration_ledger(self) -> MigrationLedger:

@@ -26,19 +26,21 @@ STAGING_COLUMNS = ("ord", "id", "project", "memory_type", "source_system", "agen
                    "created_at", "expires_at", "copies")
 
 
-def staging_rows(records: Sequence[MemoryRecord], *, mode: str = "keep_first",
-                 store_model: str | None = None) -> tuple[list[tuple[Any, ...]], list[int]]:
+def staging_rows(records: Sequence[MemoryRecord], *, mode: str = "keep_first", store_model: str | None = None,
+                 keys: Sequence[str] | None = None) -> tuple[list[tuple[Any, ...]], list[int]]:
     """One staging row per dedup key; ``first_of[i]`` is the input index whose row stands for record ``i``.
 
     A later copy inside the batch acts like a copy from a later batch: under ``keep_first`` it only fills a
     pending embedding; under ``refresh`` it merges its metadata and replaces embedding and expiry. An
-    embedding without a model takes ``store_model`` (the model the store is bound to).
+    embedding without a model takes ``store_model`` (the model the store is bound to). ``keys[i]`` replaces
+    the content hash as record ``i``'s dedup key (ingested repository chunks are keyed by their place, see
+    ``rag_index``), so equal text in two files stays two rows.
     """
     staged: dict[int, dict[str, Any]] = {}
     seen: dict[tuple[str, str, str], int] = {}
     first_of: list[int] = []
     for index, record in enumerate(records):
-        digest = content_hash(record.content)
+        digest = keys[index] if keys is not None else content_hash(record.content)
         key = (record.project, record.memory_type, digest)
         embedding = [float(x) for x in record.embedding] if record.embedding is not None else None
         model = (record.embedding_model or store_model) if embedding is not None else None
