@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
+from oneiric_memory.adapters.catalog import ADAPTERS, AdapterContext, AdapterSpec
 from oneiric_memory.adapters.embedders.selection import EmbedderSelection
-from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, pgvector_store_factory
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
@@ -106,32 +107,19 @@ class _Components:
         self.lifecycle = lifecycle
 
     def _factories(self) -> list[tuple[str, str, Callable[[], Awaitable[Any]], int]]:
+        """The catalog's candidates (the one list, shared with the plugin), built with these settings."""
         settings = self.settings
 
-        async def store() -> PgvectorMemoryStore:
-            return await pgvector_store_factory(settings)
-
-        def embedder(provider: str) -> Callable[[], Awaitable[Embedder]]:
-            async def build() -> Embedder:
-                chosen = self.handoff.pop(provider, None)  # the instance selection already initialised
-                if chosen is not None:
+        def factory(spec: AdapterSpec) -> Callable[[], Awaitable[Any]]:
+            async def build() -> Any:
+                chosen = self.handoff.pop(spec.provider, None) if spec.category == "embedding" else None
+                if chosen is not None:  # the instance the embedder selection already initialised
                     return chosen
-                from oneiric_memory.adapters.embedders.selection import build_embedder
-
-                return await build_embedder(provider, settings)
+                return await spec.build(settings, AdapterContext(backlog_provider=self._backlog))
 
             return build
 
-        async def sink() -> InsightSink:
-            from oneiric_memory.adapters.session_buddy import session_buddy_sink_factory
-
-            return await session_buddy_sink_factory(settings, backlog_provider=self._backlog)
-
-        from oneiric_memory.adapters.embedders.selection import AUTO_CHAIN
-
-        embedders = [("embedding", provider, embedder(provider), 600 - 100 * rank)
-                     for rank, provider in enumerate(AUTO_CHAIN)]
-        return [("memory_store", "pgvector", store, 700), *embedders, ("insight_sink", "session_buddy", sink, 600)]
+        return [(spec.category, spec.provider, factory(spec), spec.priority) for spec in ADAPTERS]
 
     _backlog: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
@@ -897,9 +885,10 @@ def _rrf(rankings: Sequence[Sequence[SearchHit]], *, k: int) -> list[SearchHit]:
     return fused
 
 
-async def unified_memory_factory() -> UnifiedMemory:
-    """Oneiric factory: settings from the layers, adapters started, background tasks running."""
-    memory = UnifiedMemory(load_settings())
+async def unified_memory_factory(settings: MemorySettings | None = None) -> UnifiedMemory:
+    """The one way to build the coordinator: from ``settings`` (loaded from the layers when None, as Oneiric's
+    zero-argument factories do), adapters started, background tasks running."""
+    memory = UnifiedMemory(settings if settings is not None else load_settings())
     await memory.init()
     return memory
 

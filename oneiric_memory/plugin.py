@@ -9,70 +9,46 @@ Each factory loads the settings itself, builds its adapter and awaits ``init()``
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from oneiric_memory.adapters.catalog import ADAPTERS, AdapterContext, AdapterSpec
 from oneiric_memory.errors import without_driver_chain
 from oneiric_memory.version import __version__
 
+if TYPE_CHECKING:
+    from oneiric_memory.settings import MemorySettings
+
 __all__ = ["ADAPTER_SPECS", "FACTORIES", "oneiric_adapters"]
 
-# category, provider, priority, capabilities, description
-ADAPTER_SPECS: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
-    ("memory_store", "pgvector", 700, ("vector", "text", "hybrid", "filters", "dedup", "batch", "bulk-load"),
-     "PostgreSQL + pgvector memory store"),
-    ("embedding", "ollama", 600, ("embed", "batch", "cache"), "Ollama embeddings (nomic-embed-text)"),
-    ("embedding", "openai", 550, ("embed", "batch", "cache", "openai-compatible"),
-     "OpenAI-compatible /v1/embeddings: llama-server, vLLM, TEI, OpenAI, Ollama /v1"),
-    ("embedding", "local", 300, ("embed", "batch", "cache", "offline", "in-process"),
-     "in-process ONNX sentence-embedding model (extra oneiric-memory[local])"),
-    ("embedding", "hashing", 100, ("embed", "offline", "lexical"), "deterministic offline hashing embedder"),
-    ("insight_sink", "session_buddy", 600, ("insights", "search", "mcp", "in-process"),
-     "delivers insights to Session-Buddy"),
-    ("memory", "unified", 600, ("remember", "search", "unified-search", "forget", "health"),
-     "unified memory coordinator for Mahavishnu"),
+
+async def _unified_memory(settings: MemorySettings, _context: AdapterContext) -> Any:
+    from oneiric_memory.coordinator import unified_memory_factory
+
+    return await without_driver_chain(unified_memory_factory(settings))
+
+
+ADAPTER_SPECS: tuple[AdapterSpec, ...] = (
+    *ADAPTERS,
+    AdapterSpec("memory", "unified", 600, ("remember", "search", "unified-search", "forget", "health"),
+                "unified memory coordinator for Mahavishnu", False, _unified_memory),
 )
+"""The adapter candidates (:data:`.adapters.catalog.ADAPTERS`) plus the coordinator itself."""
 
 
-async def _pgvector_store() -> Any:
-    from oneiric_memory.adapters.pgvector import pgvector_store_factory
-
-    return await pgvector_store_factory()
-
-
-def _embedder(provider: str) -> Callable[[], Awaitable[Any]]:
-    """Oneiric's zero-argument factory for one embedder: built through the selection's one way."""
+def _zero_argument(spec: AdapterSpec) -> Callable[[], Awaitable[Any]]:
+    """Oneiric's zero-argument factory for one candidate: settings loaded from the layers at build time."""
 
     async def build() -> Any:
-        from oneiric_memory.adapters.embedders.selection import build_embedder
         from oneiric_memory.settings import load_settings
 
-        return await build_embedder(provider, load_settings())
+        return await spec.build(load_settings(), AdapterContext())
 
-    build.__name__ = build.__qualname__ = f"{provider}_embedder"
+    build.__name__ = build.__qualname__ = f"{spec.provider}_{spec.category}"
     return build
 
 
-async def _session_buddy_sink() -> Any:
-    from oneiric_memory.adapters.session_buddy import session_buddy_sink_factory
-
-    return await session_buddy_sink_factory()
-
-
-async def _unified_memory() -> Any:
-    from oneiric_memory.coordinator import unified_memory_factory
-
-    return await without_driver_chain(unified_memory_factory())
-
-
-FACTORIES = {
-    ("memory_store", "pgvector"): _pgvector_store,
-    ("embedding", "ollama"): _embedder("ollama"),
-    ("embedding", "openai"): _embedder("openai"),
-    ("embedding", "local"): _embedder("local"),
-    ("embedding", "hashing"): _embedder("hashing"),
-    ("insight_sink", "session_buddy"): _session_buddy_sink,
-    ("memory", "unified"): _unified_memory,
-}
+FACTORIES: dict[tuple[str, str], Callable[[], Awaitable[Any]]] = {
+    (spec.category, spec.provider): _zero_argument(spec) for spec in ADAPTER_SPECS}
 
 
 def oneiric_adapters() -> list[Any]:
@@ -83,13 +59,13 @@ def oneiric_adapters() -> list[Any]:
 
         return [
             AdapterMetadata(
-                category=category, provider=provider, factory=FACTORIES[(category, provider)],
-                version=__version__, description=description, capabilities=list(capabilities), priority=priority,
-                source=CandidateSource.ENTRY_POINT, owner="oneiric-memory",
-                requires_secrets=(category, provider) in (("memory_store", "pgvector"), ("embedding", "openai")),
+                category=spec.category, provider=spec.provider, factory=FACTORIES[(spec.category, spec.provider)],
+                version=__version__, description=spec.description, capabilities=list(spec.capabilities),
+                priority=spec.priority, source=CandidateSource.ENTRY_POINT, owner="oneiric-memory",
+                requires_secrets=spec.requires_secrets,
                 extras={"package": "oneiric-memory", "settings_block": "oneiric_memory"},
             )
-            for category, provider, priority, capabilities, description in ADAPTER_SPECS
+            for spec in ADAPTER_SPECS
         ]
     except Exception as exc:  # never let plugin loading abort the host app
         import structlog

@@ -23,12 +23,13 @@ from oneiric.core.resolution import CandidateSource, Resolver
 from oneiric.plugins import register_entrypoint_plugins
 from oneiric.remote.models import RemoteManifest
 
+from oneiric_memory.adapters.catalog import ADAPTERS
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.plugin import ADAPTER_SPECS, oneiric_adapters
 from tests.coordinator_fixtures import drop_schema
 
 MANIFEST = Path(__file__).resolve().parents[1] / "adapters" / "manifest.yaml"
-PAIRS = {(category, provider) for category, provider, *_ in ADAPTER_SPECS}
+PAIRS = {(spec.category, spec.provider) for spec in ADAPTER_SPECS}
 
 
 def our_errors(report: Any) -> list[Any]:
@@ -55,6 +56,14 @@ def test_entry_point_registers_all_adapters_without_errors() -> None:
     # Without a selection, Ollama (600) beats the offline hashing embedder (100) (and OpenAI's built-in, 500).
     winner = resolver.resolve("adapter", "embedding")
     assert winner is not None and winner.provider == "ollama"
+
+
+def test_the_plugin_registers_the_catalog_the_coordinator_uses_plus_the_coordinator() -> None:
+    """One list of candidates (adapters.catalog): the entry point adds only the coordinator itself."""
+    assert ADAPTER_SPECS[:-1] == ADAPTERS
+    assert [(spec.category, spec.provider) for spec in ADAPTER_SPECS[-1:]] == [("memory", "unified")]
+    assert {(spec.category, spec.provider) for spec in ADAPTERS if spec.requires_secrets} == {
+        ("memory_store", "pgvector"), ("embedding", "openai")}
 
 
 def test_entry_point_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +184,7 @@ def test_manifest_matches_the_entry_point_and_its_factories_import(monkeypatch: 
     manifest = RemoteManifest.model_validate(yaml.safe_load(MANIFEST.read_text(encoding="utf-8")))
     entries = {(entry.key, entry.provider): entry for entry in manifest.entries}
     assert set(entries) == PAIRS and len(manifest.entries) == len(PAIRS)
-    priorities = {(category, provider): priority for category, provider, priority, *_ in ADAPTER_SPECS}
+    priorities = {(spec.category, spec.provider): spec.priority for spec in ADAPTER_SPECS}
     for pair, entry in entries.items():
         assert entry.domain == "adapter" and entry.priority == priorities[pair]
         module_name, _, attr = entry.factory.partition(":")
