@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from oneiric_memory.adapters.embedders.inputs import check_query, check_texts
+from oneiric_memory.adapters.embedders.prefixed import initialized
 from oneiric_memory.errors import InvalidInput
 from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, load_settings
@@ -256,6 +257,4 @@ class HashingEmbedder:
 async def hashing_embedder_factory(settings: MemorySettings | None = None) -> HashingEmbedder:
     """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
     ``init()``."""
-    embedder = HashingEmbedder(settings or load_settings())
-    await embedder.init()
-    return embedder
+    return await initialized(HashingEmbedder(settings or load_settings()))

@@ -7,8 +7,8 @@
   honoured, capped by ``embedder.retry_max_delay_s``), never on other 4xx: those are our bug or a config error;
 * ``EmbedderUnavailable`` (transient: try later) is kept apart from ``EmbedderError`` (fix something), and each
   message says what to do;
-* task prefixes per model (``search_document: `` / ``search_query: `` for nomic-embed-text);
-* an LRU cache for query embeddings, since the same searches repeat;
+* task prefixes per model and the LRU cache for query embeddings (:class:`.prefixed.PrefixedEmbedder`'s, shared with
+  the local embedder);
 * a dimension probe at start, checked against the store's ``postgres.vector_dimension``.
 
 A subclass says where the server's API differs: its start-up checks, the embed request and the name of the
@@ -27,11 +27,11 @@ import math
 import random
 import ssl
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import cache
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -43,11 +43,12 @@ from oneiric.adapters.embedding.embedding_interface import (
     EmbeddingResult,
 )
 
-from oneiric_memory.adapters.embedders.inputs import check_query, check_texts, task_prefixes
+from oneiric_memory.adapters.embedders.inputs import check_texts
+from oneiric_memory.adapters.embedders.prefixed import DETAIL_CHARS, PrefixedEmbedder
 from oneiric_memory.adapters.embedders.query_cache import QueryCache
-from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, OneiricMemoryError, first_error
-from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
-from oneiric_memory.settings import MemorySettings, TaskPrefixes
+from oneiric_memory.errors import EmbedderError, EmbedderUnavailable, InvalidInput, first_error
+from oneiric_memory.observability import Stopwatch, get_logger, span
+from oneiric_memory.settings import MemorySettings
 
 if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
     from mcp_common.health import ComponentHealth
@@ -61,7 +62,6 @@ _CLEANUP_GRACE_S = 5.0
 """How long cleanup() waits for in-flight calls before closing the connections (lifecycle allows 10 s)."""
 _JSON_THREAD_BYTES = 256 * 1024
 """Responses larger than this are decoded in a worker thread, off the event loop."""
-DETAIL_CHARS = 200
 _UNIT_TOLERANCE = 1e-6
 """Rows whose squared norm is this close to 1 (a server's normalised output) are left alone: norm within 5e-7."""
 
@@ -121,7 +121,7 @@ def _shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneiric ships no py.typed
+class HttpEmbedder(PrefixedEmbedder, EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneiric: no py.typed
     """Embeddings from a model server over HTTP; see the module docstring. Subclasses fill in the API.
 
     ``transport`` replaces httpx's network transport (e.g. ``httpx.MockTransport``) for callers that want
@@ -205,10 +205,6 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
     # --- identity --------------------------------------------------------------------------------
 
     @property
-    def memory_settings(self) -> MemorySettings:
-        return self._memory_settings
-
-    @property
     def model(self) -> str:
         return self._model
 
@@ -239,46 +235,11 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
         """Embedding calls currently running on this instance."""
         return self._active
 
-    @property
-    def cache_hits(self) -> int:
-        return self._cache.hits
+    # --- the Embedder protocol (embed_documents, embed_query: PrefixedEmbedder's) ---------------------
 
-    @property
-    def cache_misses(self) -> int:
-        return self._cache.misses
-
-    @property
-    def cache_hit_ratio(self) -> float:
-        return self._cache.hit_ratio
-
-    def prefixes_for(self, model: str | None = None) -> TaskPrefixes:
-        """Task prefixes configured for ``model``; ``name`` and ``name:latest`` match, then the bare name."""
-        return task_prefixes(self._cfg.task_prefixes, model or self._model)
-
-    # --- the Embedder protocol -------------------------------------------------------------------
-
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:  # type: ignore[override, unused-ignore]
-        """Embed stored text, with the model's document prefix. An empty list costs no request."""
-        check_texts(texts)
-        if not texts:
-            return []
-        prefix = self.prefixes_for().document
-        return await self._embed_many([prefix + text for text in texts], model=self._model,
-                                      batch_size=self._cfg.batch_size, normalize=self._cfg.normalize,
-                                      kind="documents")
-
-    async def embed_query(self, text: str) -> list[float]:
-        """Embed a search query, with the model's query prefix; repeated queries come from the LRU cache."""
-        check_query(text)
-        prefix = self.prefixes_for().query
-        key = (canonical_model(self._model), prefix, text)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        vector = (await self._embed_many([prefix + text], model=self._model, batch_size=1,
-                                         normalize=self._cfg.normalize, kind="query"))[0]
-        self._cache.put(key, vector)
-        return vector
+    async def _embed_prefixed(self, inputs: list[str], *, kind: str) -> list[list[float]]:
+        return await self._embed_many(inputs, model=self._model, batch_size=self._cfg.batch_size,
+                                      normalize=self._cfg.normalize, kind=kind)
 
     async def init(self) -> None:
         """Check that the server answers and is ready, then probe the dimension against the store's.
@@ -291,8 +252,7 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
         watch = Stopwatch()
         with span("embedder.init", provider=self.provider, model=canonical_model(self._model)):
             try:
-                async with asyncio.timeout(self._cfg.total_timeout_s):
-                    deadline = asyncio.get_running_loop().time() + self._cfg.total_timeout_s
+                async with self._total_budget() as deadline:
                     await self._start_checks(deadline)
                     probe = await self._embed_batch([self.prefixes_for().document + "dimension probe"],
                                                     model=self._model, normalize=False, deadline=deadline,
@@ -385,18 +345,6 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
             await client.aclose()
         self._cache.clear()
         self._initialized = False
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.init()
-        except BaseException:
-            await self.cleanup()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.cleanup()
 
     # --- Oneiric's EmbeddingBase ----------------------------------------------------------------
 
@@ -516,16 +464,12 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
     async def _embed_many(self, inputs: list[str], *, model: str, batch_size: int, normalize: bool,
                           kind: str) -> list[list[float]]:
         """Embed already-prefixed inputs: batches run concurrently, bounded by the semaphore."""
-        watch = Stopwatch()
-        outcome = "error"
         batches = [inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size)]
         self._begin()
         try:
-            with span("embed", provider=self.provider, model=canonical_model(model), texts=len(inputs),
-                      batches=len(batches), kind=kind):
+            with self._metered(model=canonical_model(model), kind=kind, texts=len(inputs), batches=len(batches)):
                 try:
-                    async with asyncio.timeout(self._cfg.total_timeout_s):
-                        deadline = asyncio.get_running_loop().time() + self._cfg.total_timeout_s
+                    async with self._total_budget() as deadline:
                         if len(batches) == 1:
                             results = [await self._embed_batch(batches[0], model=model, normalize=normalize,
                                                                deadline=deadline)]
@@ -538,16 +482,15 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
                         f"embedder.total_timeout_s={self._cfg.total_timeout_s:g}s: check that it is running and "
                         "not overloaded, lower oneiric_memory.embedder.batch_size or raise "
                         "oneiric_memory.embedder.total_timeout_s", texts=len(inputs)) from None
-            outcome = "ok"
-            self._last_error = None
             return [vector for batch in results for vector in batch]
-        except OneiricMemoryError as exc:
-            self._last_error = f"{type(exc).__name__}: {exc.message[:DETAIL_CHARS]}"
-            raise
         finally:
             self._end()
-            INSTRUMENTS.embed_latency.record(watch.ms, {"provider": self.provider, "model": canonical_model(model),
-                                                        "kind": kind, "outcome": outcome})
+
+    @asynccontextmanager
+    async def _total_budget(self) -> AsyncIterator[float]:
+        """The bound on one whole call, retries included (``embedder.total_timeout_s``); yields its deadline."""
+        async with asyncio.timeout(self._cfg.total_timeout_s):
+            yield asyncio.get_running_loop().time() + self._cfg.total_timeout_s
 
     async def _embed_concurrently(self, batches: list[list[str]], *, model: str, normalize: bool,
                                   deadline: float) -> list[list[list[float]]]:
@@ -695,10 +638,10 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
             pass
         return response.text[:DETAIL_CHARS].strip() or response.reason_phrase
 
-    async def _get(self, path: str) -> tuple[bool, str, httpx.Response | None]:
-        """One bounded GET for health probes: (answered, why not, response)."""
+    async def _get(self, path: str) -> tuple[httpx.Response | None, str]:
+        """One bounded GET for health probes: (the response, or None and why nothing answered)."""
         if self._closed:
-            return False, "the embedder was cleaned up", None
+            return None, "the embedder was cleaned up"
         client = await self._ensure_client()
         budget = min(HEALTH_TIMEOUT_S, self._cfg.request_timeout_s)
         try:
@@ -706,9 +649,9 @@ class HttpEmbedder(EmbeddingBase):  # type: ignore[misc, unused-ignore]  # oneir
                 response = await client.get(
                     path, timeout=httpx.Timeout(budget, connect=min(budget, self._cfg.connect_timeout_s)))
         except TimeoutError:
-            return False, f"{self.server_name} at {self._public_url} did not answer within {budget:g}s", None
+            return None, f"{self.server_name} at {self._public_url} did not answer within {budget:g}s"
         except (httpx.ConnectError, httpx.ConnectTimeout):
-            return False, self._unreachable(), None
+            return None, self._unreachable()
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return False, f"{self.server_name} at {self._public_url} failed the probe ({type(exc).__name__})", None
-        return True, "ok", response
+            return None, f"{self.server_name} at {self._public_url} failed the probe ({type(exc).__name__})"
+        return response, "ok"

@@ -31,16 +31,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from oneiric_memory.adapters.embedders.inputs import check_query, check_texts, task_prefixes
+from oneiric_memory.adapters.embedders.inputs import check_texts
+from oneiric_memory.adapters.embedders.prefixed import PrefixedEmbedder, initialized
 from oneiric_memory.adapters.embedders.query_cache import QueryCache
 from oneiric_memory.errors import EmbedderError, OneiricMemoryError
-from oneiric_memory.observability import INSTRUMENTS, Stopwatch, get_logger, span
+from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.settings import MemorySettings, load_settings
 
 if TYPE_CHECKING:  # mcp_common is slow to import
@@ -178,13 +178,13 @@ def _max_tokens(folder: Path, default: int) -> int:
     return min(int(value), _MAX_TOKENS_CAP) if isinstance(value, int) and value > 0 else default
 
 
-class LocalEmbedder:
+class LocalEmbedder(PrefixedEmbedder):
     """An ONNX sentence-embedding model in this process; see the module docstring."""
 
-    provider = "local"
+    provider: ClassVar[str] = "local"
 
     def __init__(self, settings: MemorySettings) -> None:
-        self._settings = settings
+        self._memory_settings = settings
         self._cfg = settings.embedder
         self._spec = None if self._cfg.model_path is not None else _spec_for(self._cfg.model)
         self._name = (self._cfg.model_path.expanduser().name if self._cfg.model_path is not None
@@ -205,10 +205,6 @@ class LocalEmbedder:
     # --- identity --------------------------------------------------------------------------------
 
     @property
-    def memory_settings(self) -> MemorySettings:
-        return self._settings
-
-    @property
     def model(self) -> str:
         return self._name
 
@@ -225,19 +221,11 @@ class LocalEmbedder:
     def dimension(self) -> int:
         if self._dimension is not None:
             return self._dimension
-        return self._spec.dimension if self._spec is not None else self._settings.postgres.vector_dimension
+        return self._spec.dimension if self._spec is not None else self._memory_settings.postgres.vector_dimension
 
     @property
     def pooling(self) -> str:
         return self._pooling
-
-    @property
-    def cache_hits(self) -> int:
-        return self._cache.hits
-
-    @property
-    def cache_misses(self) -> int:
-        return self._cache.misses
 
     # --- start -----------------------------------------------------------------------------------
 
@@ -251,7 +239,7 @@ class LocalEmbedder:
             await asyncio.to_thread(self._load, folder)
             probe = await asyncio.to_thread(self._run, ["dimension probe"])
         width = int(probe.shape[1])
-        store = self._settings.postgres.vector_dimension
+        store = self._memory_settings.postgres.vector_dimension
         if width != store:
             raise EmbedderError(
                 f"local model {self._name} gives {width} dims, the store expects {store}: set "
@@ -263,12 +251,12 @@ class LocalEmbedder:
                        init_ms=round(watch.ms, 1))
 
     def _locate(self) -> Path:
-        folder, why = find_local_model(self._settings)
+        folder, why = find_local_model(self._memory_settings)
         if folder is not None:
             return folder
         if "not installed" in why or self._cfg.model_path is not None or self._spec is None:
             raise EmbedderError(why)
-        target = self._settings.cache_dir / "models" / self._spec.name
+        target = self._memory_settings.cache_dir / "models" / self._spec.name
         if not self._cfg.local_download:
             raise EmbedderError(self._offline_message(target, "embedder.local_download is false"))
         try:
@@ -356,47 +344,20 @@ class LocalEmbedder:
             out[chosen] = self._run([texts[i] for i in chosen])
         return out
 
-    # --- the Embedder protocol -------------------------------------------------------------------
+    # --- the Embedder protocol (embed_documents, embed_query: PrefixedEmbedder's) ---------------------
 
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        check_texts(texts)
-        if not texts:
-            return []
-        prefix = task_prefixes(self._cfg.task_prefixes, self._name).document
-        return await self._embed([prefix + text for text in texts], kind="documents")
-
-    async def embed_query(self, text: str) -> list[float]:
-        check_query(text)
-        prefix = task_prefixes(self._cfg.task_prefixes, self._name).query
-        key = (self._name, prefix, text)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        vector = (await self._embed([prefix + text], kind="query"))[0]
-        self._cache.put(key, vector)
-        return vector
-
-    async def _embed(self, texts: list[str], *, kind: str) -> list[list[float]]:
-        watch = Stopwatch()
-        outcome = "error"
-        try:
-            with span("embed", provider=self.provider, model=self._name, texts=len(texts), kind=kind):
+    async def _embed_prefixed(self, inputs: list[str], *, kind: str) -> list[list[float]]:
+        with self._metered(model=self._name, kind=kind, texts=len(inputs)):
+            try:
                 async with self._gate:
-                    matrix = await asyncio.to_thread(self.embed_sync, texts)
+                    matrix = await asyncio.to_thread(self.embed_sync, inputs)
+            except OneiricMemoryError:
+                raise
+            except Exception as exc:  # onnxruntime failures surface as our error, not theirs
+                raise EmbedderError(f"the local model {self._name} failed ({type(exc).__name__}: "
+                                    f"{str(exc)[:160]})") from None
             vectors: list[list[float]] = matrix.tolist()
-            outcome = "ok"
-            self._last_error = None
-            return vectors
-        except OneiricMemoryError as exc:
-            self._last_error = f"{type(exc).__name__}: {exc.message[:200]}"
-            raise
-        except Exception as exc:  # onnxruntime failures surface as our error, not theirs
-            self._last_error = type(exc).__name__
-            raise EmbedderError(f"the local model {self._name} failed ({type(exc).__name__}: {str(exc)[:160]})"
-                                ) from None
-        finally:
-            INSTRUMENTS.embed_latency.record(watch.ms, {"provider": self.provider, "model": self._name,
-                                                        "kind": kind, "outcome": outcome})
+        return vectors
 
     async def health(self) -> bool:
         """True while the model is loaded; never raises."""
@@ -426,27 +387,9 @@ class LocalEmbedder:
         self._cache.clear()
         self._initialized = False
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.init()
-        except BaseException:
-            await self.cleanup()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.cleanup()
-
 
 async def local_embedder_factory(settings: MemorySettings | None = None) -> LocalEmbedder:
     """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
     ``init()`` (find or download the model, load it, probe its dimension)."""
-    embedder = LocalEmbedder(settings or load_settings())
-    try:
-        await embedder.init()
-    except BaseException:
-        await embedder.cleanup()
-        raise
-    return embedder
+    return await initialized(LocalEmbedder(settings or load_settings()))
 

@@ -9,12 +9,12 @@ this module adds what is Ollama's: the model must be pulled, ``keep_alive``/``tr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any, ClassVar
 
 from oneiric_memory.adapters.embedders.http_embedder import HttpEmbedder, canonical_model
+from oneiric_memory.adapters.embedders.prefixed import initialized
 from oneiric_memory.errors import EmbedderError
 from oneiric_memory.settings import DEFAULT_OLLAMA_URL, MemorySettings, load_settings
 
@@ -96,8 +96,8 @@ class OllamaEmbedder(HttpEmbedder):
 
     async def _probe(self) -> tuple[bool, str]:
         """One bounded ``GET /api/tags``: (healthy, why not)."""
-        answered, detail, response = await self._get("/api/tags")
-        if not answered or response is None:
+        response, detail = await self._get("/api/tags")
+        if response is None:
             return False, detail
         if response.status_code != 200:
             return False, f"Ollama at {self._public_url} answered HTTP {response.status_code} to /api/tags"
@@ -126,8 +126,7 @@ class OllamaEmbedder(HttpEmbedder):
                             model=name)
 
     async def _list_models(self) -> list[dict[str, Any]]:
-        async with asyncio.timeout(self._cfg.total_timeout_s):
-            deadline = asyncio.get_running_loop().time() + self._cfg.total_timeout_s
+        async with self._total_budget() as deadline:
             return await self._fetch_tags(deadline, retry_connect=True)
 
     async def _fetch_tags(self, deadline: float, *, retry_connect: bool) -> list[dict[str, Any]]:
@@ -159,10 +158,4 @@ class OllamaEmbedder(HttpEmbedder):
 async def ollama_embedder_factory(settings: MemorySettings | None = None) -> OllamaEmbedder:
     """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
     ``init()``; closes the client if init fails."""
-    embedder = OllamaEmbedder(settings or load_settings())
-    try:
-        await embedder.init()
-    except BaseException:
-        await embedder.cleanup()
-        raise
-    return embedder
+    return await initialized(OllamaEmbedder(settings or load_settings()))

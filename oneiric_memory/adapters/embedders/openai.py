@@ -15,12 +15,12 @@ mix them until ``oneiric-memory db reembed``, since two servers' quantisations o
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from oneiric_memory.adapters.embedders.http_embedder import HttpEmbedder
+from oneiric_memory.adapters.embedders.prefixed import initialized
 from oneiric_memory.errors import EmbedderError
 from oneiric_memory.settings import DEFAULT_OPENAI_URL, MemorySettings, load_settings
 
@@ -111,8 +111,8 @@ class OpenAIEmbedder(HttpEmbedder):
 
     async def _probe(self) -> tuple[bool, str]:
         """One bounded ``GET /models``: a 404 still proves a live server (TEI and some proxies list no models)."""
-        answered, detail, response = await self._get("/models")
-        if not answered or response is None:
+        response, detail = await self._get("/models")
+        if response is None:
             return False, detail
         status = response.status_code
         if status in (401, 403):
@@ -125,8 +125,7 @@ class OpenAIEmbedder(HttpEmbedder):
     # --- Oneiric's EmbeddingBase: the model list ----------------------------------------------------
 
     async def _list_models(self) -> list[dict[str, Any]]:
-        async with asyncio.timeout(self._cfg.total_timeout_s):
-            deadline = asyncio.get_running_loop().time() + self._cfg.total_timeout_s
+        async with self._total_budget() as deadline:
             response = await self._request("GET", "/models", deadline=deadline)
         try:
             body = json.loads(response.content)
@@ -153,10 +152,4 @@ class OpenAIEmbedder(HttpEmbedder):
 async def openai_embedder_factory(settings: MemorySettings | None = None) -> OpenAIEmbedder:
     """The one way to build it: settings (loaded when omitted, as Oneiric calls it with no arguments), build,
     ``init()`` (the dimension probe); closes the client if init fails."""
-    embedder = OpenAIEmbedder(settings or load_settings())
-    try:
-        await embedder.init()
-    except BaseException:
-        await embedder.cleanup()
-        raise
-    return embedder
+    return await initialized(OpenAIEmbedder(settings or load_settings()))
