@@ -11,7 +11,7 @@ import asyncio
 import email.utils
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -51,24 +51,7 @@ DOC = "search_document: "
 QUERY = "search_query: "
 
 SettingsFactory = Callable[..., MemorySettings]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama(dimension=768, models=("nomic-embed-text", "all-minilm")) as server:
-        yield server
-
-
-@pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
-    """Settings from explicit values only (no settings files, no environment), with fast retries."""
-
-    def build(base_url: str, *, dimension: int = 768, **embedder: Any) -> MemorySettings:
-        values = {**FAST, "provider": "ollama", "base_url": base_url, **embedder}
-        return load_settings({"embedder": values, "postgres": {"vector_dimension": dimension}},
-                             root=tmp_path, environ={})
-
-    return build
+PROVIDER = "ollama"  # for the make_settings fixture (conftest.py)
 
 
 def norms(vectors: list[list[float]]) -> np.ndarray:

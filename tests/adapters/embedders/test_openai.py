@@ -8,7 +8,7 @@ proves the OpenAI dialect and its faults.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +27,8 @@ from oneiric_memory.testing.fake_ollama import FakeOllama
 FAST = {"retry_attempts": 3, "retry_base_delay_s": 0.005, "retry_max_delay_s": 0.05, "request_timeout_s": 5.0,
         "connect_timeout_s": 1.0, "total_timeout_s": 10.0}
 SettingsFactory = Callable[..., MemorySettings]
+PROVIDER = "openai"  # for the make_settings fixture (conftest.py)
 PATH = "/v1/embeddings"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama(dimension=768, models=("nomic-embed-text", "all-minilm")) as server:
-        yield server
-
-
-@pytest.fixture
-def make_settings(tmp_path: Path) -> SettingsFactory:
-    def build(base_url: str, *, dimension: int = 768, **embedder: Any) -> MemorySettings:
-        values = {**FAST, "provider": "openai", "base_url": base_url, **embedder}
-        return load_settings({"embedder": values, "postgres": {"vector_dimension": dimension}},
-                             root=tmp_path, environ={})
-
-    return build
 
 
 @pytest.mark.asyncio
