@@ -21,7 +21,7 @@ from uuid import UUID
 
 from oneiric_memory.adapters.catalog import ADAPTERS, AdapterContext, AdapterSpec
 from oneiric_memory.adapters.embedders.selection import EmbedderSelection
-from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
+from oneiric_memory.adapters.pgvector import PgvectorMemoryStore, ShareChange, parse_ids
 from oneiric_memory.backfill import BackfillReport, backfill
 from oneiric_memory.errors import (
     EmbedderError,
@@ -39,6 +39,7 @@ from oneiric_memory.rag import IngestOptions, IngestReport, Progress, ingest_rep
 from oneiric_memory.records import (
     MEMORY_TYPES,
     MemoryRecord,
+    ProjectGroup,
     RememberResult,
     SearchFilters,
     SearchHit,
@@ -48,6 +49,7 @@ from oneiric_memory.records import (
     check_embedding,
     check_limit,
     check_metadata,
+    check_name,
     check_names,
     check_query,
 )
@@ -543,17 +545,121 @@ class UnifiedMemory:
                 self._log.warning("forget-sink-deferred", error=type(exc).__name__)
         return deleted
 
-    async def get(self, ids: Sequence[UUID | str]) -> list[StoredMemory]:
-        """The stored memories with these ids, in input order; unknown ids are left out."""
+    async def get(self, ids: Sequence[UUID | str], *,
+                  acting_for: str | Sequence[str] | None = None) -> list[StoredMemory]:
+        """The stored memories with these ids, in input order; unknown ids are left out, and so are those
+        ``acting_for`` may not read (see :meth:`search`)."""
         _check_ids(ids)
+        scope = _acting_for(acting_for) if acting_for is not None else None
         async with self._admit():
-            return await self._components.store().get(ids)
+            return await self._components.store().get(ids, acting_for=scope)
 
     async def project_counts(self, projects: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
         """Live memories per project and type (``{project: {memory_type: n}}``), limited to ``projects``."""
         names = check_names("projects", projects)
         async with self._admit():
             return await self._components.store().count_by_project(names)
+
+    # --- cross-project memory: groups and shares (docs/groups.md) --------------------------------------
+
+    async def create_group(self, name: str, projects: Sequence[str] = (), *, description: str = "",
+                           exist_ok: bool = False) -> ProjectGroup:
+        """Create a project group (with these projects); ``exist_ok`` adds the projects to an existing one."""
+        name = check_name("group", name)
+        members = _project_list(projects)
+        if not isinstance(exist_ok, bool):
+            raise InvalidInput("exist_ok must be a bool", field="exist_ok")
+        if not isinstance(description, str) or len(description) > 1000 or "\x00" in description:
+            raise InvalidInput("description must be a string of at most 1000 characters without NUL",
+                               field="description")
+        async with self._admit():
+            return await self._components.store().sharing.create_group(name, members, description,
+                                                                       exist_ok=exist_ok)
+
+    async def list_groups(self, project: str | None = None) -> list[ProjectGroup]:
+        """Every project group, or only those ``project`` belongs to."""
+        if project is not None:
+            check_name("project", project)
+        async with self._admit():
+            return await self._components.store().sharing.list_groups(project)
+
+    async def get_group(self, name: str) -> ProjectGroup | None:
+        async with self._admit():
+            return await self._components.store().sharing.get_group(check_name("group", name))
+
+    async def add_to_group(self, name: str, projects: Sequence[str]) -> ProjectGroup:
+        """Add projects to a group (idempotent); what is shared with the group reaches them too."""
+        name, members = check_name("group", name), _project_list(projects, required=True)
+        async with self._admit():
+            return await self._components.store().sharing.add_projects(name, members)
+
+    async def remove_from_group(self, name: str, projects: Sequence[str]) -> ProjectGroup:
+        """Remove projects from a group (idempotent); what was shared with the group is withdrawn from them."""
+        name, members = check_name("group", name), _project_list(projects, required=True)
+        async with self._admit():
+            return await self._components.store().sharing.remove_projects(name, members)
+
+    async def delete_group(self, name: str) -> bool:
+        """Delete a group and every share to it; False when there was no such group."""
+        async with self._admit():
+            return await self._components.store().sharing.delete_group(check_name("group", name))
+
+    async def share(self, ids: Sequence[UUID | str], *, projects: Sequence[str] | None = None,
+                    groups: Sequence[str] | None = None) -> ShareChange:
+        """Share memories (typically insights) with projects and/or groups. Idempotent.
+
+        They become readable by each target (``search(acting_for=...)``, group search), and their insights are
+        queued for Session-Buddy once per target project, tagged with that project.
+        """
+        parsed, targets, circles = self._share_args(ids, projects, groups, required=True)
+        async with self._admit():
+            change = await self._components.store().sharing.share(parsed, projects=targets, groups=circles,
+                                                                  add=True)
+        await self._deliver_soon()
+        return change
+
+    async def unshare(self, ids: Sequence[UUID | str], *, projects: Sequence[str] | None = None,
+                      groups: Sequence[str] | None = None) -> ShareChange:
+        """Withdraw shares (all of them when no target is named). Idempotent; the Session-Buddy copies of the
+        withdrawn targets are deleted there (now, or by the relay once it can)."""
+        parsed, targets, circles = self._share_args(ids, projects, groups, required=False)
+        async with self._admit():
+            change = await self._components.store().sharing.share(parsed, projects=targets, groups=circles,
+                                                                  add=False)
+        if change.copies_withdrawn:
+            await self._deliver_soon(tombstones_only=True)
+        return change
+
+    def _share_args(self, ids: object, projects: object, groups: object, *,
+                    required: bool) -> tuple[list[UUID], list[str], list[str]]:
+        _check_ids(ids)
+        parsed = parse_ids(ids)  # type: ignore[arg-type]
+        targets = check_names("projects", projects) or []
+        circles = check_names("groups", groups) or []
+        if required and not (targets or circles):
+            raise InvalidInput("name the projects and/or groups to share with", field="projects")
+        return parsed, targets, circles
+
+    async def _deliver_soon(self, *, tombstones_only: bool = False) -> None:
+        """Hand new copies (or withdrawals) to Session-Buddy now when it answers; the relay retries otherwise."""
+        if not self.settings.session_buddy.enabled or not await self._components.try_activate_sink():
+            return
+        try:
+            await self._relay.deliver_due(tombstones_only=tombstones_only)
+        except Exception as exc:  # rows stay queued; the relay carries them out later
+            self._log.warning("share-sink-deferred", error=type(exc).__name__)
+
+    async def _scope(self, group: object, acting_for: object) -> list[str] | None:
+        """The projects a scoped read acts for (a group's members), or None for an unscoped read."""
+        if group is not None and acting_for is not None:
+            raise InvalidInput("name either group or acting_for, not both", field="group")
+        if acting_for is not None:
+            return _acting_for(acting_for)
+        if group is None:
+            return None
+        name = check_name("group", group)
+        async with self._admit():
+            return await self._components.store().sharing.members(name)
 
     async def backfill(self, *, progress: Callable[[int, int], None] | None = None) -> BackfillReport:
         if progress is not None and not callable(progress):
@@ -595,7 +701,7 @@ class UnifiedMemory:
             return None, f"the embedder {what}"
 
     def _check_search(self, query: object, mode: object, limit: object, memory_types: object, projects: object,
-                      filters: object) -> tuple[str, str, int, SearchFilters | None]:
+                      filters: object, acting_for: object = None) -> tuple[str, str, int, SearchFilters | None]:
         """The same rules for every mode and for search and unified_search: bad input is the caller's to fix."""
         query = check_query(query)
         requested = self.settings.search.default_mode if mode is None else mode
@@ -606,20 +712,33 @@ class UnifiedMemory:
         if filters is not None and not isinstance(filters, SearchFilters):
             raise InvalidInput(f"filters must be a SearchFilters, not a {type(filters).__name__}", field="filters")
         effective = _merge_filters(filters, check_names("memory_types", memory_types), check_names("projects", projects))
+        if acting_for is not None:
+            effective = _merge_filters(effective, None, None)
+            effective = effective if effective is not None else SearchFilters()
+            effective.acting_for = _acting_for(acting_for)
         if effective is not None:
             effective.validate()
         return query, str(requested), limit, effective
 
     async def search(self, query: str, *, mode: SearchMode | None = None, memory_types: Sequence[str] | None = None,
                      filters: SearchFilters | None = None, limit: int | None = None,
-                     projects: Sequence[str] | None = None) -> SearchResults:
+                     projects: Sequence[str] | None = None, group: str | None = None,
+                     acting_for: str | Sequence[str] | None = None) -> SearchResults:
         """Search PostgreSQL; the result is the list of hits, and says which ``mode`` ran.
+
+        ``acting_for`` scopes the search to what those projects may read: their own memories plus what is
+        shared with them or their groups. ``group`` searches as the group's projects together, ranked in one
+        list; every hit names its (owning) ``project``.
 
         A mode asked for explicitly runs, or raises :class:`EmbedderUnavailable` when the embedder cannot embed
         the query (it is never silently swapped for another mode). Without ``mode``, the default mode falls back
         to text search while the embedder is down, and the result says so (``mode``, ``note``).
         """
-        query, requested, limit, effective = self._check_search(query, mode, limit, memory_types, projects, filters)
+        scope = await self._scope(group, acting_for)
+        query, requested, limit, effective = self._check_search(query, mode, limit, memory_types, projects, filters,
+                                                                scope)
+        if scope == []:  # a group without projects reads nothing
+            return SearchResults([], mode=requested, requested_mode=requested)
         async with self._admit():
             store = self._components.store()
             ran, note = requested, None
@@ -637,13 +756,18 @@ class UnifiedMemory:
         return SearchResults(hits, mode=ran, requested_mode=requested, note=note)
 
     async def unified_search(self, query: str, *, limit: int = 10, projects: Sequence[str] | None = None,
-                             mode: SearchMode | None = None) -> UnifiedSearchResult:
+                             mode: SearchMode | None = None, group: str | None = None,
+                             acting_for: str | Sequence[str] | None = None) -> UnifiedSearchResult:
         """PostgreSQL and Session-Buddy concurrently, each with its own timeout, fused by rank (RRF).
 
         Bad input raises :class:`InvalidInput` before either source is asked: "degraded" is for a failing
-        source, never for the caller's mistake.
+        source, never for the caller's mistake. ``group`` and ``acting_for`` scope both sources as in
+        :meth:`search` (Session-Buddy holds a copy of each shared insight tagged with each target project).
         """
-        query, _, limit, _ = self._check_search(query, mode, limit, None, projects, None)
+        scope = await self._scope(group, acting_for)
+        query, _, limit, _ = self._check_search(query, mode, limit, None, projects, None, scope)
+        if scope == []:
+            return UnifiedSearchResult(hits=[])
         timeout = self.settings.search.unified_timeout_s
         sources: dict[str, SourceStatus] = {}
 
@@ -664,7 +788,8 @@ class UnifiedMemory:
             return hits
 
         with span("unified_search", limit=limit) as current:
-            pg_work = timed("postgres", self.search(query, mode=mode, limit=limit, projects=projects))
+            pg_work = timed("postgres", self.search(query, mode=mode, limit=limit, projects=projects,
+                                                    acting_for=scope))
             sink = self._components.sink()
             if sink is None:
                 sources["session_buddy"] = SourceStatus(
@@ -673,8 +798,12 @@ class UnifiedMemory:
                 sb_hits: list[SearchHit] = []
                 pg_hits = await pg_work
             else:
+                sb_projects = scope if scope is not None else projects
                 pg_hits, sb_hits = await asyncio.gather(
-                    pg_work, timed("session_buddy", self._insight_hits(sink, query, limit, projects)))
+                    pg_work, timed("session_buddy", self._insight_hits(sink, query, limit, sb_projects)))
+                if scope is not None:  # Session-Buddy may answer other projects' rows: keep the scope's own
+                    readable = set(scope) if projects is None else set(scope) & set(projects)
+                    sb_hits = [hit for hit in sb_hits if hit.project in readable]
             fused = _rrf([pg_hits, sb_hits], k=self.settings.search.rrf_k)[:limit]
             current.set_attribute("hits", len(fused))
         return UnifiedSearchResult(hits=fused, sources=sources)
@@ -866,6 +995,22 @@ def _merge_filters(filters: SearchFilters | None, memory_types: Sequence[str] | 
     if projects is not None:
         merged.projects = list(projects)
     return merged
+
+
+def _acting_for(value: object) -> list[str]:
+    """One project name or a list of them (never empty)."""
+    if isinstance(value, str):
+        return [check_name("acting_for", value)]
+    names = check_names("acting_for", value)
+    assert names is not None
+    return list(dict.fromkeys(names))
+
+
+def _project_list(projects: object, *, required: bool = False) -> list[str]:
+    if not required and (projects is None or (isinstance(projects, (list, tuple)) and not projects)):
+        return []
+    names = check_names("projects", projects)
+    return list(dict.fromkeys(names or ()))
 
 
 def _rrf(rankings: Sequence[Sequence[SearchHit]], *, k: int) -> list[SearchHit]:

@@ -21,6 +21,7 @@ __all__ = [
     "MEMORY_TYPES",
     "MemoryRecord",
     "MemoryType",
+    "ProjectGroup",
     "RememberResult",
     "SearchFilters",
     "SearchHit",
@@ -31,6 +32,7 @@ __all__ = [
     "check_embedding",
     "check_limit",
     "check_metadata",
+    "check_name",
     "check_names",
     "check_query",
     "content_hash",
@@ -270,6 +272,16 @@ def check_names(name: str, values: object) -> list[str] | None:
     return items
 
 
+def check_name(name: str, value: object) -> str:
+    """One non-empty name (a project or a group): a string of at most 512 UTF-8 bytes, no NUL, valid UTF-8.
+
+    Names are only ever bind values, so quotes, ``%``, ``:`` or ``--`` in a name are data, never SQL."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} must be a non-empty string, got {repr(value)[:64]}", field=name)
+    _check_text(name, value, limit=_MAX_ID_CHARS, index=None)
+    return value
+
+
 def check_metadata(metadata: object, *, field: str = "metadata") -> dict[str, Any]:
     """``None`` → ``{}``; a mapping → a dict copy; anything else (a list, a string) is refused."""
     if metadata is None:
@@ -310,13 +322,21 @@ class SearchFilters:
     created_before: datetime | None = None
     metadata: Mapping[str, Any] | None = None
     include_expired: bool = False
+    acting_for: Sequence[str] | None = None
+    """The caller acts for these projects: it sees their own memories plus what is shared with them or with
+    their groups, nothing else (the store resolves the groups; see ``docs/groups.md``)."""
+    shared_targets: Sequence[str] | None = None
+    """Set by the store when it resolves ``acting_for`` (the share entries that make a memory readable);
+    whatever a caller puts here is replaced."""
 
     def is_empty(self) -> bool:
         return not any((self.projects, self.memory_types, self.source_system, self.agent_id, self.workflow_id,
-                        self.repo_id, self.session_id, self.created_after, self.created_before, self.metadata))
+                        self.repo_id, self.session_id, self.created_after, self.created_before, self.metadata,
+                        self.acting_for))
 
     def validate(self) -> None:
-        for name, values in (("projects", self.projects), ("memory_types", self.memory_types)):
+        for name, values in (("projects", self.projects), ("memory_types", self.memory_types),
+                             ("acting_for", self.acting_for), ("shared_targets", self.shared_targets)):
             check_names(name, values)
         if self.memory_types:
             unknown = [t for t in self.memory_types if t not in MEMORY_TYPES]
@@ -361,6 +381,20 @@ class StoredMemory:
     """How many times this content was written (1 + the duplicates that answered with this id)."""
     last_seen_at: datetime | None = None
     """When it was last written (``created_at`` until a duplicate arrives)."""
+    shared_projects: tuple[str, ...] = ()
+    """Projects this memory is shared with (besides its own)."""
+    shared_groups: tuple[str, ...] = ()
+    """Project groups this memory is shared with."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectGroup:
+    """A named set of projects: shares to the group reach every member, and a group search ranks across them."""
+
+    name: str
+    description: str
+    projects: tuple[str, ...]
+    created_at: datetime
 
 
 @dataclass(slots=True)

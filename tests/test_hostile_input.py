@@ -58,6 +58,11 @@ _BAD_EMBEDDING = (("abc", "embedding must be a sequence"), ([0.1] * 3, "has 3 di
                   ([1e10] * DIM, "beyond ±65504"), ([70000.0] + [0.0] * (DIM - 1), "beyond ±65504"),
                   ([1e-8] * DIM, "zero vector"), ([0.0] * DIM, "zero vector"),
                   ([float("nan")] * DIM, "non-finite"), (["x"] * DIM, "non-numeric"), (5, "must be a sequence"))
+_BAD_NAME = (("", "non-empty string"), (_NUL, "NUL"), (_SURROGATE, "surrogate"), (123, "non-empty string"),
+             (_TOO_LONG_ID, "longer than 512"))
+_BAD_GROUP = (*_BAD_NAME[:4], (["g"], "non-empty string"), ("no-such-group", "no project group"))
+_BAD_ACTING = (("", "non-empty"), (_NUL, "NUL"), ([], "names nothing"), (5, "list of strings"),
+               ([""], "non-empty strings"))
 _BAD_WHEN = ((datetime(2030, 1, 1), "timezone-aware"), ("2030-01-01", "timezone-aware"), (1, "timezone-aware"))
 
 
@@ -126,6 +131,12 @@ API_CASES: list[HostileCase] = [
                                            ({"k": float("nan")}, "not valid JSON"), ({"k": "\ud800"}, "surrogate"),
                                            ({"k": "a\x00"}, "NUL"))),
     *_rows("search[filters]", "include_expired", (("yes", "include_expired must be a bool"),)),
+    *_rows("search[filters]", "acting_for", (("p", "acting_for must be a list"), ([], "names nothing"),
+                                             ([_NUL], "NUL"))),
+    *_rows("search[filters]", "shared_targets", (("p:x", "shared_targets must be a list"), ([1], "non-empty"))),
+    # cross-project reads: a group's projects, or the projects a caller acts for
+    *_rows("search", "group", _BAD_GROUP), *_rows("unified_search", "group", _BAD_GROUP),
+    *_rows("search", "acting_for", _BAD_ACTING), *_rows("unified_search", "acting_for", _BAD_ACTING),
     # unified_search(query, *, limit, projects, mode): the caller's mistake is never a "degraded" answer
     *_rows("unified_search", "query", _BAD_QUERY),
     *_rows("unified_search", "limit", _BAD_LIMIT),
@@ -161,7 +172,24 @@ API_CASES: list[HostileCase] = [
     # get(ids), project_counts(projects)
     *_rows("get", "ids", (("abc", "ids must be a list"), (["not-a-uuid"], "not a memory id"),
                           ([None], "not a memory id"), (123, "ids must be a list"), (None, "ids must be a list"))),
+    *_rows("get", "acting_for", _BAD_ACTING),
     *_rows("project_counts", "projects", _BAD_PROJECTS),
+    # groups and shares
+    *_rows("create_group", "name", _BAD_NAME),
+    *_rows("create_group", "projects", tuple(row for row in _BAD_PROJECTS if row[0] != [])),
+    *_rows("create_group", "description", ((5, "description must be"), (_NUL, "description"),
+                                           ("d" * 1001, "at most 1000"))),
+    *_rows("create_group", "exist_ok", (("yes", "exist_ok must be a bool"),)),
+    *_rows("list_groups", "project", _BAD_NAME[:4]),
+    *_rows("get_group", "name", _BAD_NAME),
+    *_rows("delete_group", "name", _BAD_NAME),
+    *[case for entry in ("add_to_group", "remove_from_group")
+      for case in (*_rows(entry, "name", _BAD_NAME), *_rows(entry, "projects", _BAD_PROJECTS))],
+    *[case for entry in ("share", "unshare")
+      for case in (*_rows(entry, "ids", (("abc", "ids must be a list"), (["not-a-uuid"], "not a memory id"))),
+                   *_rows(entry, "projects", _BAD_PROJECTS),
+                   *_rows(entry, "groups", tuple((v, m.replace("projects", "groups")) for v, m in _BAD_PROJECTS)))],
+    HostileCase("share", "groups", ["no-such-group"], "no project group"),
     *_rows("backfill", "progress", (("x", "progress must be a callable"), (5, "progress must be a callable"))),
     # forget(ids, *, filters)
     *_rows("forget", "ids", (("abc", "ids must be a list"), (["not-a-uuid"], "not a memory id"),
@@ -197,8 +225,16 @@ _BASE: dict[str, dict[str, Any]] = {
     "store_rag_chunks": {"repo_id": "r1", "chunks": ["a fine chunk"]},
     "store_workflow_execution": {"workflow_id": "w1", "summary": "a fine run", "status": "completed"},
     "forget": {"ids": None},
-    "get": {},
+    "get": {"ids": ["8f8b3c3e-7a52-4d0e-9f3b-0d7f0c1c5a11"]},
     "project_counts": {},
+    "create_group": {"name": "hostile-group", "projects": ["a"]},
+    "list_groups": {},
+    "get_group": {},
+    "delete_group": {},
+    "add_to_group": {"name": "no-such-group", "projects": ["a"]},
+    "remove_from_group": {"name": "no-such-group", "projects": ["a"]},
+    "share": {"ids": ["8f8b3c3e-7a52-4d0e-9f3b-0d7f0c1c5a11"], "projects": ["a"]},
+    "unshare": {"ids": ["8f8b3c3e-7a52-4d0e-9f3b-0d7f0c1c5a11"]},
     "backfill": {},
 }
 

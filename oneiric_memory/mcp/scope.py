@@ -4,8 +4,9 @@ A pinned server (``--project`` / ``mcp.projects``) reads, writes and forgets onl
 cannot reach another tenant's memories, whatever arguments it sends. An unpinned server has no default:
 every call names its project(s), so nothing ever silently means "all projects".
 
-When the store grows its own "acting for a project" rule (issue 18: own memories plus what is shared with the
-project or its groups), :meth:`ProjectScope.readable` is the one place to switch to it.
+Reads go to the store as ``acting_for`` these projects, so they follow the store's one read rule (docs/groups.md):
+the projects' own memories plus what is shared with them or with their groups, nothing else. Writes and forgets
+stay inside the pin: a memory shared with a project is readable there, never deletable.
 """
 
 from __future__ import annotations

@@ -109,14 +109,14 @@ def register_tools(mcp: FastMCP, state: MemoryState, scope: ProjectScope) -> Non
         re-doing work; narrow it with memory_types, agent/session/workflow/repo ids, metadata or dates."""
         projects = scope.readable(project)
         memory = await state.ready()
-        filters = SearchFilters(projects=projects, memory_types=memory_types, agent_id=agent_id,
+        # the store's read rule: the projects' own memories plus what is shared with them or their groups
+        filters = SearchFilters(acting_for=projects, memory_types=memory_types, agent_id=agent_id,
                                 session_id=session_id, workflow_id=workflow_id, repo_id=repo_id,
                                 metadata=metadata, created_after=created_after, created_before=created_before)
         # No mode named: the default may answer in text mode while the embedder is down (the result says so);
         # a mode named explicitly runs or fails with a retryable EmbedderUnavailable.
         hits = await memory.search(query, mode=mode, filters=filters, limit=limit)
-        keep = allowed(projects)
-        found = [MemoryHit.of(h) for h in hits if keep(h.project) and (min_score is None or h.score >= min_score)]
+        found = [MemoryHit.of(h) for h in hits if min_score is None or h.score >= min_score]
         return SearchResult(hits=found, count=len(found), mode=hits.mode, note=hits.note, projects=projects)
 
     async def unified_search(
@@ -132,9 +132,9 @@ def register_tools(mcp: FastMCP, state: MemoryState, scope: ProjectScope) -> Non
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput("query must be a non-empty string", field="query")
         result = await memory.unified_search(query, limit=limit or memory.settings.search.default_limit,
-                                             projects=projects, mode=mode)
-        keep = allowed(projects)
-        found = [MemoryHit.of(h) for h in result.hits if keep(h.project)]
+                                             acting_for=projects, mode=mode)
+        keep = allowed(projects)  # Session-Buddy ignores projects: its hits must carry one of ours
+        found = [MemoryHit.of(h) for h in result.hits if h.source == "postgres" or keep(h.project)]
         sources = {name: SourceReport(status=s.status, hits=s.hits, latency_ms=s.latency_ms, error=s.error)
                    for name, s in result.sources.items()}
         return UnifiedSearchResult(hits=found, count=len(found), degraded=result.degraded, sources=sources,
@@ -144,13 +144,11 @@ def register_tools(mcp: FastMCP, state: MemoryState, scope: ProjectScope) -> Non
         id: Annotated[str, Field(description="the memory id (a UUID) from remember or search")],
         project: ProjectsArg = None,
     ) -> MemoryItem:
-        """Read one memory in full by its id."""
+        """Read one memory in full by its id (one of the project's own, or one shared with it)."""
         projects = scope.readable(project)
         memory = await state.ready()
-        keep = allowed(projects)
-        for item in await memory.get([id]):
-            if keep(item.project):
-                return MemoryItem.of(item)
+        for item in await memory.get([id], acting_for=projects):
+            return MemoryItem.of(item)
         raise InvalidInput(f"no memory with id {id[:64]!r} in {', '.join(repr(p) for p in projects)}", field="id")
 
     async def forget(

@@ -8,9 +8,11 @@ from oneiric_memory.adapters.pgvector.indexes import ivfflat_lists_for
 from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.planner import SearchPlan
 from oneiric_memory.adapters.pgvector.rag_index import FileChunks, IndexedFile, RagIndex, chunk_key
+from oneiric_memory.adapters.pgvector.sharing import ShareChange
 from oneiric_memory.adapters.pgvector.store import (
     PendingMemory,
     PgvectorMemoryStore,
+    parse_ids,
     pgvector_store_factory,
 )
 
@@ -24,8 +26,10 @@ __all__ = [
     "RagIndex",
     "SearchPlan",
     "chunk_key",
+    "ShareChange",
     "ivfflat_lists_for",
     "list_memories",
+    "parse_ids",
     "pgvector_store_factory",
     "schema_migrator",
 ]

@@ -78,20 +78,20 @@ async def list_memories(store: PgvectorMemoryStore, *, filters: SearchFilters | 
         raise InvalidInput(f"limit must be between 1 and {_MAX_PAGE}", field="limit")
     filters = filters or SearchFilters()
     filters.validate()
-    params = Params()
-    where = filter_clause(filters, params)
-    if after is not None:
-        created_at, memory_id = _decode(after)
-        where += (f" AND (m.created_at, m.id) > ({params.add(created_at, 'timestamptz')}, "
-                  f"{params.add(memory_id, 'uuid')})")
+    position = _decode(after) if after is not None else None
     embedding = ", m.embedding" if with_embeddings else ""
-    sql = (f"SELECT m.id, m.project, m.memory_type, m.content, m.metadata, m.source_system, m.agent_id, "
-           f"m.workflow_id, m.repo_id, m.session_id, m.embedding_model, m.embedding IS NULL AS pending, "
-           f"m.created_at, m.updated_at, m.expires_at{embedding} FROM {store.table('memories')} m "
-           f"WHERE {where} ORDER BY m.created_at, m.id LIMIT {params.add(limit + 1, 'int')}")
 
     async def run() -> list[Any]:
         async with store.gate.acquire() as connection:
+            params = Params()
+            where = filter_clause(await store.scoped(connection, filters), params)
+            if position is not None:
+                where += (f" AND (m.created_at, m.id) > ({params.add(position[0], 'timestamptz')}, "
+                          f"{params.add(position[1], 'uuid')})")
+            sql = (f"SELECT m.id, m.project, m.memory_type, m.content, m.metadata, m.source_system, m.agent_id, "
+                   f"m.workflow_id, m.repo_id, m.session_id, m.embedding_model, m.embedding IS NULL AS pending, "
+                   f"m.created_at, m.updated_at, m.expires_at{embedding} FROM {store.table('memories')} m "
+                   f"WHERE {where} ORDER BY m.created_at, m.id LIMIT {params.add(limit + 1, 'int')}")
             return list(await connection.fetch(sql, *params.values))
 
     rows = await run_with_retries(store.settings.postgres, "listing memories", run)

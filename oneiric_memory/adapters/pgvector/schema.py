@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 PACKAGE_TABLES: tuple[str, ...] = ("memories", "memory_access", "insight_outbox", "rag_ingestions", "rag_files",
-                                   "embedding_meta")
+                                   "embedding_meta", "project_groups", "project_group_members")
 """The tables maintenance vacuums and monitoring reports on (and slow statements are matched against)."""
 
 MIGRATION_TABLES: tuple[str, ...] = ("migration_runs", "migration_items", "migration_checkpoints")

@@ -320,6 +320,7 @@ class SearchExecutor:
         candidates = max(self.settings.search.branch_candidates, limit)
         ef = self._ef_search(ef_search, limit, candidates if mode == "hybrid" else limit)
         async with self._search_transaction(ef) as connection:
+            filters = await self._store.scoped(connection, filters)  # the read rule of acting_for (docs/groups.md)
             if mode in ("text", "hybrid"):
                 await self._detect_bm25_index(connection)
                 if self._bm25_index is None:
@@ -425,6 +426,7 @@ class SearchExecutor:
         check_search_knobs(ef_search=ef_search, min_score=min_score)
         ef = self._ef_search(ef_search, limit, limit)
         async with self._search_transaction(ef) as connection:
+            filters = await self._store.scoped(connection, filters)
             plan = await self.plan_vector_search(connection, filters, ef, limit=limit)
             if plan.ef_search != ef and self.settings.postgres.index_type == "hnsw":
                 await _set_local(connection, [("hnsw.ef_search", str(plan.ef_search))])

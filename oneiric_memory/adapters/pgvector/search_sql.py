@@ -38,6 +38,7 @@ __all__ = [
     "filters_well_estimated",
     "hybrid_sql",
     "parse_websearch",
+    "scope_clause",
     "text_branch",
     "text_search_sql",
     "vector_branch",
@@ -79,7 +80,21 @@ def filter_clause(filters: SearchFilters | None, params: Params, *, alias: str =
         parts.append(f"{alias}.metadata @> {params.add(json.dumps(dict(f.metadata)), 'text')}::jsonb")
     if not f.include_expired:
         parts.append(f"({alias}.expires_at IS NULL OR {alias}.expires_at > now())")
+    if f.acting_for is not None:
+        parts.append(scope_clause(f, params, alias=alias))
     return " AND ".join(parts) if parts else "TRUE"
+
+
+def scope_clause(filters: SearchFilters, params: Params, *, alias: str = "m") -> str:
+    """The read rule, the one place it is written: a caller acting for projects P sees the rows of P, plus the
+    rows whose ``shared_with`` holds one of the entries the store resolved for P (``p:<project>`` of P and
+    ``g:<group>`` of P's groups). An unresolved scope fails closed: it is a bug, never "everything".
+    """
+    if filters.shared_targets is None:
+        raise ValueError("acting_for was not resolved by the store (shared_targets is None)")
+    own = params.add(list(filters.acting_for or ()), "text[]")
+    targets = params.add(list(filters.shared_targets), "text[]")
+    return f"({alias}.project = ANY({own}) OR {alias}.shared_with && {targets})"
 
 
 def filters_well_estimated(filters: SearchFilters) -> bool:
@@ -89,7 +104,7 @@ def filters_well_estimated(filters: SearchFilters) -> bool:
     conjunction assumes independent columns (off by the correlation), and ``metadata @>`` falls back to
     a fixed guess, so those are counted instead of estimated.
     """
-    if filters.metadata:
+    if filters.metadata or filters.acting_for is not None:  # the scope is an OR across two indexes
         return False
     families = sum(1 for present in (
         bool(filters.projects), bool(filters.memory_types), filters.source_system is not None,

@@ -13,7 +13,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,6 +43,7 @@ from oneiric_memory.adapters.pgvector.rag_index import RagIndex
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta
 from oneiric_memory.adapters.pgvector.search import SearchExecutor
 from oneiric_memory.adapters.pgvector.search_sql import Params, filter_clause
+from oneiric_memory.adapters.pgvector.sharing import SharingRepository, split_targets
 from oneiric_memory.adapters.pgvector.writes import staging_rows, upsert_batch
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, without_driver_chain
 from oneiric_memory.insights import Insight
@@ -61,7 +62,7 @@ from oneiric_memory.settings import MemorySettings, load_settings
 if TYPE_CHECKING:  # mcp_common is imported lazily: loading it pulls in fastmcp and costs seconds per process
     from mcp_common.health import ComponentHealth
 
-__all__ = ["PendingMemory", "PgvectorMemoryStore", "SearchPlan", "pgvector_store_factory"]
+__all__ = ["PendingMemory", "PgvectorMemoryStore", "SearchPlan", "parse_ids", "pgvector_store_factory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,18 @@ class PgvectorMemoryStore:
     def rag(self) -> RagIndex:
         """Repository ingestion's files, chunk rows and run records."""
         return RagIndex(self)
+
+    @property
+    def sharing(self) -> SharingRepository:
+        """Project groups and shares (and the resolution of a caller's ``acting_for`` scope)."""
+        return SharingRepository(self)
+
+    async def scoped(self, connection: asyncpg.Connection, filters: SearchFilters | None) -> SearchFilters | None:
+        """``filters`` with ``acting_for`` resolved (``shared_targets`` recomputed, whatever the caller put
+        there); every read that takes filters passes through here before its SQL is built."""
+        if filters is None or filters.acting_for is None:
+            return filters
+        return replace(filters, shared_targets=await self.sharing.resolve(connection, list(filters.acting_for)))
 
     @property
     def migration_ledger(self) -> MigrationLedger:
@@ -437,18 +450,29 @@ class PgvectorMemoryStore:
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    async def get(self, ids: Sequence[uuid.UUID | str]) -> list[StoredMemory]:
-        parsed = _parse_ids(ids)
+    async def get(self, ids: Sequence[uuid.UUID | str], *,
+                  acting_for: Sequence[str] | None = None) -> list[StoredMemory]:
+        """The memories with these ids (expired ones included); ``acting_for`` keeps only those the projects
+        may read (their own, or shared with them or their groups)."""
+        parsed = parse_ids(ids)
         if not parsed:
             return []
+        scope = SearchFilters(acting_for=acting_for, include_expired=True) if acting_for is not None else None
+        if scope is not None:
+            scope.validate()
 
         async def run() -> list[asyncpg.Record]:
             async with self.gate.acquire() as connection:
+                params = Params()
+                where = f"m.id = ANY({params.add(parsed, 'uuid[]')})"
+                resolved = await self.scoped(connection, scope)
+                if resolved is not None:
+                    where += f" AND {filter_clause(resolved, params)}"
                 return list(await connection.fetch(
                     "SELECT id, project, memory_type, content, content_hash, metadata, source_system, agent_id, "
                     "workflow_id, repo_id, session_id, embedding_model, embedding IS NULL AS pending, created_at, "
-                    "updated_at, expires_at, seen_count, coalesce(last_seen_at, created_at) AS last_seen_at "
-                    f"FROM {self.table('memories')} WHERE id = ANY($1::uuid[])", parsed))
+                    "updated_at, expires_at, seen_count, coalesce(last_seen_at, created_at) AS last_seen_at, "
+                    f"shared_with FROM {self.table('memories')} m WHERE {where}", *params.values))
 
         rows = await run_with_retries(self.settings.postgres, "reading memories", run)
         order = {value: position for position, value in enumerate(parsed)}
@@ -458,12 +482,13 @@ class PgvectorMemoryStore:
             agent_id=r["agent_id"], workflow_id=r["workflow_id"], repo_id=r["repo_id"], session_id=r["session_id"],
             embedding_model=r["embedding_model"], embedding_pending=r["pending"], created_at=r["created_at"],
             updated_at=r["updated_at"], expires_at=r["expires_at"], seen_count=r["seen_count"],
-            last_seen_at=r["last_seen_at"]) for r in rows]
+            last_seen_at=r["last_seen_at"], shared_projects=split_targets(r["shared_with"])[0],
+            shared_groups=split_targets(r["shared_with"])[1]) for r in rows]
         result.sort(key=lambda item: order.get(item.id, 0))
         return result
 
     async def get_embedding(self, memory_id: uuid.UUID | str) -> list[float] | None:
-        parsed = _parse_ids([memory_id])[0]
+        parsed = parse_ids([memory_id])[0]
 
         async def run() -> Any:
             async with self.gate.acquire() as connection:
@@ -476,11 +501,12 @@ class PgvectorMemoryStore:
     async def count(self, filters: SearchFilters | None = None) -> int:
         if filters is not None:
             filters.validate()
-        params = Params()
-        where = filter_clause(filters or SearchFilters(include_expired=True), params)
 
         async def run() -> int:
             async with self.gate.acquire() as connection:
+                params = Params()
+                where = filter_clause(await self.scoped(connection, filters or SearchFilters(include_expired=True)),
+                                      params)
                 return int(await connection.fetchval(
                     f"SELECT count(*) FROM {self.table('memories')} m WHERE {where}", *params.values))
 
@@ -524,12 +550,16 @@ class PgvectorMemoryStore:
             raise InvalidInput("delete needs ids or a filter")
         params = Params()
         if ids is not None:
-            where = f"m.id = ANY({params.add(_parse_ids(ids), 'uuid[]')})"
+            where = f"m.id = ANY({params.add(parse_ids(ids), 'uuid[]')})"
         else:
             assert filters is not None
             filters.validate()
             if filters.is_empty():
                 raise InvalidInput("refusing to delete with an empty filter: name a project, type or other field")
+            if filters.acting_for is not None:
+                raise InvalidInput("forget deletes a project's own memories: name them with projects, not "
+                                   "acting_for (a memory shared with you is its owner's to forget)",
+                                   field="acting_for")
             where = filter_clause(SearchFilters(**{**_filters_dict(filters), "include_expired": True}), params)
         with span("store.delete"):
             async def run() -> int:
@@ -540,7 +570,9 @@ class PgvectorMemoryStore:
                         *params.values)
                     if gone:
                         keys = ([row["project"] for row in gone], [row["id"] for row in gone])
-                        mine = "(o.project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+                        # the memory's own rows, and the copies delivered to the projects it was shared with
+                        mine = ("((o.project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])) OR "
+                                "(o.source_project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])))")
                         # each statement below takes a fresh snapshot after these locks are ours
                         await connection.execute(f"SELECT 1 FROM {outbox} o WHERE {mine} FOR UPDATE", *keys)
                         await connection.execute(
@@ -557,7 +589,7 @@ class PgvectorMemoryStore:
     async def touch(self, ids: Sequence[uuid.UUID | str]) -> int:
         """Count an access in the side table (never updates the vector row)."""
         # Rows are upserted in key order, so concurrent touches of overlapping ids cannot deadlock.
-        parsed = sorted(set(_parse_ids(ids)))
+        parsed = sorted(set(parse_ids(ids)))
         if not parsed:
             return 0
 
@@ -574,7 +606,7 @@ class PgvectorMemoryStore:
         return await run_with_retries(self.settings.postgres, "recording memory access", run)
 
     async def access_stats(self, memory_id: uuid.UUID | str) -> tuple[int, datetime] | None:
-        parsed = _parse_ids([memory_id])[0]
+        parsed = parse_ids([memory_id])[0]
 
         async def run() -> asyncpg.Record | None:
             async with self.gate.acquire() as connection:
@@ -721,7 +753,8 @@ def _parse_vector(text: str) -> list[float]:
     return [float(x) for x in text.strip("[]").split(",") if x]
 
 
-def _parse_ids(ids: Sequence[uuid.UUID | str]) -> list[uuid.UUID]:
+def parse_ids(ids: Sequence[uuid.UUID | str]) -> list[uuid.UUID]:
+    """Memory ids as UUIDs; :class:`InvalidInput` naming the first one that is not."""
     if isinstance(ids, (str, bytes)):
         raise InvalidInput("ids must be a list of UUIDs, not a single string")
     parsed: list[uuid.UUID] = []
