@@ -149,6 +149,30 @@ CLI_CASES: list[HostileCase] = [
     HostileCase("cli import", "agent_id", ["import", '{file:{"content": "x", "agent_id": 5}}'], "must be a string"),
     HostileCase("cli import", "fields", ["import", '{file:{"content": "x", "DROP TABLE": 1}}'], "unknown field"),
     HostileCase("cli import", "encoding", ["import", "{latin1}"], "not UTF-8"),
+    # groups: names are data, bad ones are one-line invalid input before anything opens
+    HostileCase("cli groups create", "name", ["groups", "create", NUL], "NUL"),
+    HostileCase("cli groups create", "name", ["groups", "create", ""], "non-empty"),
+    HostileCase("cli groups create", "name", ["groups", "create", "g" * 600], "longer than"),
+    HostileCase("cli groups create", "projects", ["groups", "create", "g", "ok", SURROGATE], "surrogate|UTF-8"),
+    HostileCase("cli groups create", "description", ["groups", "create", "g", "--description", "d" * 1001],
+                "at most 1000"),
+    HostileCase("cli groups create", "description", ["groups", "create", "g", "--description", NUL], "NUL"),
+    HostileCase("cli groups share", "ids", ["groups", "share", "'; DROP TABLE memories; --", "--project", "p"],
+                "not a memory id"),
+    HostileCase("cli groups share", "project", ["groups", "share", UUID, "--project", NUL], "NUL"),
+    HostileCase("cli groups share", "project", ["groups", "share", UUID], "--project or --group"),
+    HostileCase("cli groups share", "group", ["groups", "share", UUID, "--group", ""], "non-empty"),
+    HostileCase("cli groups share", "group", ["groups", "share", UUID, "--group", "never-created"],
+                "no project group"),
+    HostileCase("cli groups search", "query", ["groups", "search", NUL, "--as", "p"], "NUL"),
+    HostileCase("cli groups search", "group", ["groups", "search", "x", "--group", NUL], "NUL"),
+    HostileCase("cli groups search", "group", ["groups", "search", "x", "--group", "%"], "no project group"),
+    HostileCase("cli groups search", "group", ["groups", "search", "x"], "either --group or --as"),
+    HostileCase("cli groups search", "acting_for", ["groups", "search", "x", "--as", SURROGATE], "surrogate|UTF-8"),
+    HostileCase("cli groups search", "acting_for", ["groups", "search", "x", "--as", "p", "--group", "g"],
+                "either --group or --as"),
+    HostileCase("cli groups search", "mode", ["groups", "search", "x", "--as", "p", "--mode", "bogus"], "unknown"),
+    HostileCase("cli groups search", "limit", ["groups", "search", "x", "--as", "p", "--limit", "0"], "--limit 0"),
     # operations that take values
     HostileCase("cli maintain reindex", "index_type", ["maintain", "reindex", "--index-type", "btree"],
                 "hnsw or ivfflat"),
@@ -222,7 +246,7 @@ def test_the_hostile_rows_changed_nothing(seeded: dict[str, str]) -> None:
 
 
 COVERED = ("remember", "get", "list", "forget", "search", "unified-search", "export", "import", "maintain reindex",
-           "maintain expire", "restore", "migrate-duckdb")
+           "maintain expire", "restore", "migrate-duckdb", "groups create", "groups share", "groups search")
 
 
 def test_the_table_covers_every_value_of_the_covered_commands() -> None:

@@ -209,12 +209,13 @@ def hits_table(title: str, hits: list[Any]) -> Table:
     table.add_column("score", justify="right")
     table.add_column("ranks v/t", justify="center")
     table.add_column("type")
+    table.add_column("project", overflow="fold", max_width=24)
     table.add_column("source")
     table.add_column("content", overflow="fold", max_width=80)
     for position, hit in enumerate(hits, start=1):
         ranks = f"{hit.vector_rank or '-'}/{hit.text_rank or '-'}"
         text = " ".join(hit.content.split())
-        table.add_row(str(position), str(hit.id), f"{hit.score:.4f}", ranks, hit.memory_type, hit.source,
+        table.add_row(str(position), str(hit.id), f"{hit.score:.4f}", ranks, hit.memory_type, hit.project, hit.source,
                       text[:160] + ("…" if len(text) > 160 else ""))
     return table
 
