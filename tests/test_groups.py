@@ -220,3 +220,35 @@ async def test_hostile_group_and_project_names_are_data(pg_server: EmbeddedConne
         assert await memory.list_groups() == groups_before  # nothing changed
         assert await memory.get([source]) == [before]
         assert (await memory.store.count()) == 2
+
+
+async def test_revision_0005_downgrades_to_0004_keeping_memories_and_upgrades_again(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> None:
+    from oneiric_memory.adapters.pgvector.migrator import Migrator
+    from tests.foundation_fixtures import admin_connection
+
+    async with open_memory(pg_data_dir, None) as memory:
+        store = memory.store
+        schema = store.schema
+        await memory.create_group("team", ["tgt"])
+        kept = await memory.remember(conversation("Review.", INSIGHT), project="src")
+        await memory.share([kept], groups=["team"])
+        assert [row["project"] for row in await _copies(store)] == ["tgt"]
+        migrator = Migrator(store.connect_params, store.settings.postgres)
+        admin = await admin_connection(store)
+        try:
+            await store.cleanup()  # the pool goes: the downgrade takes exclusive locks
+            assert await migrator.downgrade("0004_outbox_tombstones") == "0004_outbox_tombstones"
+            columns = await admin.fetch(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = $1 "
+                "AND column_name IN ('shared_with', 'source_project')", schema)
+            assert columns == []
+            assert await admin.fetchval("SELECT to_regclass($1)", f'"{schema}".project_groups') is None
+            assert await admin.fetchval(f'SELECT count(*) FROM "{schema}".memories WHERE id = $1', kept) == 1
+            assert await admin.fetchval(f'SELECT count(*) FROM "{schema}".insight_outbox') == 1  # its own row
+            assert await migrator.upgrade() == migrator.head_revision()
+            assert await admin.fetchval(f'SELECT shared_with FROM "{schema}".memories WHERE id = $1', kept) == []
+            assert await admin.fetchval(f'SELECT count(*) FROM "{schema}".project_groups') == 0
+        finally:
+            await admin.close()
+            await store.init()
