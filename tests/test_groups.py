@@ -222,7 +222,7 @@ async def test_hostile_group_and_project_names_are_data(pg_server: EmbeddedConne
         assert (await memory.store.count()) == 2
 
 
-async def test_revision_0005_downgrades_to_0004_keeping_memories_and_upgrades_again(
+async def test_revision_0007_downgrades_to_0006_keeping_memories_and_upgrades_again(
         pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> None:
     from oneiric_memory.adapters.pgvector.migrator import Migrator
     from tests.foundation_fixtures import admin_connection
@@ -238,7 +238,7 @@ async def test_revision_0005_downgrades_to_0004_keeping_memories_and_upgrades_ag
         admin = await admin_connection(store)
         try:
             await store.cleanup()  # the pool goes: the downgrade takes exclusive locks
-            assert await migrator.downgrade("0004_outbox_tombstones") == "0004_outbox_tombstones"
+            assert await migrator.downgrade("0006_rag_files") == "0006_rag_files"
             columns = await admin.fetch(
                 "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = $1 "
                 "AND column_name IN ('shared_with', 'source_project')", schema)

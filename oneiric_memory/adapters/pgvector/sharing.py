@@ -1,4 +1,4 @@
-"""Project groups and shares: the SQL behind cross-project memory (revision 0005).
+"""Project groups and shares: the SQL behind cross-project memory (revision 0007).
 
 * A *group* is a named set of projects (``project_groups`` + ``project_group_members``).
 * A *share* is an entry in the memory's own ``shared_with`` array: ``p:<project>`` or ``g:<group>``. The read
