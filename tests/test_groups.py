@@ -252,3 +252,35 @@ async def test_revision_0007_downgrades_to_0006_keeping_memories_and_upgrades_ag
         finally:
             await admin.close()
             await store.init()
+
+
+async def test_session_buddy_groups_are_create_only_records_so_shares_travel_as_tagged_copies(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path, sb_home: Path) -> None:
+    """What the installed Session-Buddy offers for groups (docs/groups.md): a coordinator that can create and list
+    groups but neither update nor delete one, and (0.36) no ``project_groups`` table in a fresh database. So our
+    groups are not mirrored there, and what a share needs (the target finding the insight) is the tagged copy."""
+    import asyncio
+
+    import duckdb
+    from session_buddy.multi_project_coordinator import MultiProjectCoordinator
+
+    offered = {name for name in dir(MultiProjectCoordinator) if "group" in name and not name.startswith("_")}
+    assert {"create_project_group", "get_project_groups"} <= offered
+    assert not {name for name in offered if name.startswith(("update", "delete", "remove", "rename"))}
+    sb_file = tmp_path / "sb" / "reflection.duckdb"
+    async with open_memory(pg_data_dir, sb_file) as memory:
+        await memory.create_group("team", ["tgt"])
+        source = await memory.remember(INSIGHT, "insight", project="src")
+        await memory.share([source], groups=["team"])
+        await memory.relay.drain()
+
+    def tables() -> set[str]:
+        with duckdb.connect(str(sb_file), read_only=True) as connection:
+            names = {row[0] for row in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if "project_groups" in names:  # 0.23 creates it; nothing of ours is written there
+                assert connection.execute("SELECT count(*) FROM project_groups").fetchone() == (0,)
+            return names
+
+    await asyncio.to_thread(tables)
+    own = await session_buddy_own_search(sb_file, [f"om:{insight_id('tgt', INSIGHT)}"])
+    assert [row.get("project") or "tgt" for row in own[f"om:{insight_id('tgt', INSIGHT)}"]] == ["tgt"]
