@@ -35,7 +35,14 @@ from oneiric_memory.insights import extract_insights
 from oneiric_memory.observability import Stopwatch, get_logger, span
 from oneiric_memory.outbox import OutboxRelay
 from oneiric_memory.protocols import Embedder, InsightSink
-from oneiric_memory.rag import IngestOptions, IngestReport, Progress, ingest_repository
+from oneiric_memory.rag import (
+    IngestOptions,
+    IngestReport,
+    Progress,
+    check_ingest_arguments,
+    check_label,
+    ingest_repository,
+)
 from oneiric_memory.records import (
     MEMORY_TYPES,
     MemoryRecord,
@@ -498,8 +505,7 @@ class UnifiedMemory:
         moved without re-embedding; a killed run is finished by the next one. See :mod:`oneiric_memory.rag`.
         ``progress(unit, done, total)`` is called with unit ``files`` and ``chunks``.
         """
-        if options is not None and not isinstance(options, IngestOptions):
-            raise InvalidInput(f"options must be an IngestOptions, not a {type(options).__name__}", field="options")
+        check_ingest_arguments(path, repo_id, project, options, progress)  # bad input: nothing opened or written
         async with self._admit():
             store = self._components.store()
 
@@ -512,7 +518,8 @@ class UnifiedMemory:
 
     async def ingestions(self, repo_id: str, *, project: str = "default", limit: int = 10) -> list[dict[str, Any]]:
         """The latest ingestion runs of ``repo_id``, newest first (status, counts, timings, errors)."""
-        _check_label("repo_id", repo_id)
+        check_label("repo_id", repo_id)
+        check_label("project", project)
         check_limit(limit, 1000)
         async with self._admit():
             return await self._components.store().rag.ingestions(project, repo_id, limit)

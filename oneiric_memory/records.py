@@ -328,11 +328,14 @@ class SearchFilters:
     shared_targets: Sequence[str] | None = None
     """Set by the store when it resolves ``acting_for`` (the share entries that make a memory readable);
     whatever a caller puts here is replaced."""
+    path_prefix: str | None = None
+    """Ingested repository chunks whose file path starts with this text, literally (``%`` and ``_`` are not
+    wildcards); end it with ``/`` to mean a folder."""
 
     def is_empty(self) -> bool:
         return not any((self.projects, self.memory_types, self.source_system, self.agent_id, self.workflow_id,
                         self.repo_id, self.session_id, self.created_after, self.created_before, self.metadata,
-                        self.acting_for))
+                        self.acting_for, self.path_prefix))
 
     def validate(self) -> None:
         for name, values in (("projects", self.projects), ("memory_types", self.memory_types),
@@ -345,6 +348,9 @@ class SearchFilters:
                                    field="memory_types")
         for name in ("source_system", "agent_id", "workflow_id", "repo_id", "session_id"):
             _check_text(name, getattr(self, name), limit=_MAX_ID_CHARS, index=None)
+        _check_text("path_prefix", self.path_prefix, limit=4096, index=None)
+        if self.path_prefix == "":
+            raise InvalidInput("path_prefix is empty; pass None to search every path", field="path_prefix")
         if not isinstance(self.include_expired, bool):
             raise InvalidInput("include_expired must be a bool", field="include_expired")
         if self.metadata is not None:

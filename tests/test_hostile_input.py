@@ -24,6 +24,7 @@ from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InvalidInput
+from oneiric_memory.rag import IngestOptions
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from tests.coordinator_fixtures import conversation, drop_schema, outbox_rows
 from tests.foundation_fixtures import unit_vector
@@ -137,6 +138,26 @@ API_CASES: list[HostileCase] = [
     # cross-project reads: a group's projects, or the projects a caller acts for
     *_rows("search", "group", _BAD_GROUP), *_rows("unified_search", "group", _BAD_GROUP),
     *_rows("search", "acting_for", _BAD_ACTING), *_rows("unified_search", "acting_for", _BAD_ACTING),
+    *_rows("search[filters]", "path_prefix", (("", "path_prefix is empty"), (_NUL, "NUL"), (5, "must be a string"),
+                                              ("\ud800", "surrogate"), ("x" * 5000, "longer than"))),
+    # ingest_repository(path, repo_id, *, project, options, progress) and ingestions(repo_id, *, project, limit)
+    *_rows("ingest_repository", "path", ((None, "path must be a folder path"), ("/no/such/dir", "is not a folder"),
+                                         (__file__, "is not a folder"), ("a\x00b", "NUL"), ("", "folder path"))),
+    *_rows("ingest_repository", "repo_id", (("", "repo_id must be a non-empty string"), (None, "non-empty"),
+                                            (_NUL, "NUL"), (_TOO_LONG_ID, "longer than 512"),
+                                            (_SURROGATE, "surrogate"))),
+    *_rows("ingest_repository", "project", (("", "non-empty"), (_NUL, "NUL"), (_SURROGATE, "surrogate"))),
+    *_rows("ingest_repository", "options", (("x", "options must be an IngestOptions"),
+                                            (IngestOptions(suffixes=".py"), "suffixes must be"),
+                                            (IngestOptions(suffixes=["py"]), "suffixes must be"),
+                                            (IngestOptions(max_chars=5), "max_chars must be"),
+                                            (IngestOptions(overlap=-1), "overlap must be"),
+                                            (IngestOptions(max_file_bytes=True), "max_file_bytes must be"),
+                                            (IngestOptions(batch_chunks=0), "batch_chunks must be"))),
+    *_rows("ingest_repository", "progress", (("x", "progress must be a callable"),)),
+    *_rows("ingestions", "repo_id", (("", "repo_id must be a non-empty string"), (_NUL, "NUL"))),
+    *_rows("ingestions", "project", (("", "non-empty"), (_SURROGATE, "surrogate"))),
+    *_rows("ingestions", "limit", _BAD_LIMIT),
     # unified_search(query, *, limit, projects, mode): the caller's mistake is never a "degraded" answer
     *_rows("unified_search", "query", _BAD_QUERY),
     *_rows("unified_search", "limit", _BAD_LIMIT),
@@ -223,6 +244,8 @@ _BASE: dict[str, dict[str, Any]] = {
     "unified_search": {"query": "fine memory"},
     "store_agent_conversation": {"agent_id": "a1", "role": "user", "content": "a fine turn"},
     "store_rag_chunks": {"repo_id": "r1", "chunks": ["a fine chunk"]},
+    "ingest_repository": {"path": str(Path(__file__).parent / "rag"), "repo_id": "r1"},
+    "ingestions": {"repo_id": "r1"},
     "store_workflow_execution": {"workflow_id": "w1", "summary": "a fine run", "status": "completed"},
     "forget": {"ids": None},
     "get": {"ids": ["8f8b3c3e-7a52-4d0e-9f3b-0d7f0c1c5a11"]},

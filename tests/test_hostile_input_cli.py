@@ -111,6 +111,31 @@ CLI_CASES: list[HostileCase] = [
     HostileCase("cli search", "mode", ["search", "x", "--mode", "bogus"], "--mode 'bogus' is unknown"),
     HostileCase("cli search", "mode", ["search", "x", "--mode", ""], "is unknown"),
     HostileCase("cli search", "limit", ["search", "x", "--limit", "0"], "--limit 0"),
+    HostileCase("cli search", "path_prefix", ["search", "x", "--path", ""], "path_prefix is empty"),
+    HostileCase("cli search", "path_prefix", ["search", "x", "--path", NUL], "NUL"),
+    HostileCase("cli search", "path_prefix", ["search", "x", "--path", SURROGATE], "surrogate|UTF-8"),
+    HostileCase("cli search", "path_prefix", ["search", "x", "--path", HUGE], "longer than"),
+    # ingest PATH --repo-id ID, ingestions ID
+    HostileCase("cli ingest", "path", ["ingest", "{tmp}/missing", "--repo-id", "r"], "is not a folder"),
+    HostileCase("cli ingest", "path", ["ingest", NUL, "--repo-id", "r"], "NUL|null"),
+    HostileCase("cli ingest", "repo_id", ["ingest", "{tmp}", "--repo-id", ""], "repo_id must be a non-empty"),
+    HostileCase("cli ingest", "repo_id", ["ingest", "{tmp}", "--repo-id", NUL], "NUL"),
+    HostileCase("cli ingest", "repo_id", ["ingest", "{tmp}", "--repo-id", SURROGATE], "surrogate|UTF-8"),
+    HostileCase("cli ingest", "repo_id", ["ingest", "{tmp}"], "repo-id"),
+    HostileCase("cli ingest", "project", ["ingest", "{tmp}", "--repo-id", "r", "--project", ""], "project"),
+    HostileCase("cli ingest", "suffix", ["ingest", "{tmp}", "--repo-id", "r", "--suffix", ""], "suffixes must be"),
+    HostileCase("cli ingest", "max_file_bytes", ["ingest", "{tmp}", "--repo-id", "r", "--max-file-bytes", "0"],
+                "max_file_bytes must be"),
+    HostileCase("cli ingest", "chunk_chars", ["ingest", "{tmp}", "--repo-id", "r", "--chunk-chars", "x"],
+                "chunk-chars"),
+    HostileCase("cli ingest", "chunk_chars", ["ingest", "{tmp}", "--repo-id", "r", "--chunk-chars", "10"],
+                "max_chars must be"),
+    HostileCase("cli ingest", "overlap", ["ingest", "{tmp}", "--repo-id", "r", "--overlap", "-1"], "overlap must be"),
+    HostileCase("cli ingest", "batch_chunks", ["ingest", "{tmp}", "--repo-id", "r", "--batch-chunks", "0"],
+                "batch_chunks must be"),
+    HostileCase("cli ingestions", "repo_id", ["ingestions", NUL], "NUL"),
+    HostileCase("cli ingestions", "project", ["ingestions", "r", "--project", ""], "project"),
+    HostileCase("cli ingestions", "limit", ["ingestions", "r", "--limit", "0"], "--limit 0"),
     HostileCase("cli search", "limit", ["search", "x", "--limit", "1000000000"], "out of range"),
     HostileCase("cli search", "limit", ["search", "x", "--limit", "5.5"], "--limit"),
     HostileCase("cli search", "min_score", ["search", "x", "--min-score", "high"], "--min-score"),
@@ -246,7 +271,8 @@ def test_the_hostile_rows_changed_nothing(seeded: dict[str, str]) -> None:
 
 
 COVERED = ("remember", "get", "list", "forget", "search", "unified-search", "export", "import", "maintain reindex",
-           "maintain expire", "restore", "migrate-duckdb", "groups create", "groups share", "groups search")
+           "maintain expire", "restore", "migrate-duckdb", "groups create", "groups share", "groups search",
+           "ingest", "ingestions")
 
 
 def test_the_table_covers_every_value_of_the_covered_commands() -> None:

@@ -215,6 +215,10 @@ def hits_table(title: str, hits: list[Any]) -> Table:
     for position, hit in enumerate(hits, start=1):
         ranks = f"{hit.vector_rank or '-'}/{hit.text_rank or '-'}"
         text = " ".join(hit.content.split())
+        meta = hit.metadata or {}
+        if isinstance(meta.get("path"), str):  # an ingested repository chunk: file, symbol and lines first
+            where = f"{meta['path']}:{meta.get('start_line', '?')}-{meta.get('end_line', '?')}"
+            text = f"{where}{' (' + str(meta['symbol']) + ')' if meta.get('symbol') else ''} — {text}"
         table.add_row(str(position), str(hit.id), f"{hit.score:.4f}", ranks, hit.memory_type, hit.project, hit.source,
                       text[:160] + ("…" if len(text) > 160 else ""))
     return table

@@ -63,14 +63,12 @@ def ingest(
 ) -> None:
     """Ingest a repository: unchanged files are skipped, changed ones replaced, deleted ones removed, renamed
     ones moved without re-embedding; rerun after an interruption to finish the job."""
-    from oneiric_memory.rag import IngestOptions
+    from oneiric_memory.rag import IngestOptions, check_ingest_arguments
 
-    if not path.is_dir():
-        raise invalid(f"{str(path)[:200]!r} is not a directory", field="path")
     options = IngestOptions(**({"suffixes": [s if s.startswith(".") else f".{s}" for s in suffix]} if suffix else {}),
                             max_file_bytes=max_file_bytes, max_chars=chunk_chars, overlap=overlap,
                             batch_chunks=batch_chunks)
-    options.validate()
+    check_ingest_arguments(path, repo_id, project, options, None)  # before anything opens
 
     async def work() -> dict[str, Any]:
         async with open_memory(_NO_SINK) as memory:
@@ -93,8 +91,12 @@ def ingestions(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The latest ingestion runs of a repository: status, counts, timings, errors."""
+    from oneiric_memory.rag import check_label
+
     if not 1 <= limit <= 1000:
         raise invalid(f"--limit {limit} is out of range; use 1 to 1000", field="limit")
+    check_label("repo_id", repo_id)
+    check_label("project", project)
 
     async def work() -> list[dict[str, Any]]:
         async with open_memory(_NO_SINK) as memory:

@@ -108,13 +108,14 @@ def parse_metadata_filters(pairs: list[str] | None) -> dict[str, Any] | None:
 
 def build_filters(*, projects: list[str] | None = None, memory_types: list[str] | None = None,
                   agent_id: str | None = None, session_id: str | None = None, workflow_id: str | None = None,
-                  repo_id: str | None = None, metadata: list[str] | None = None) -> SearchFilters:
+                  repo_id: str | None = None, metadata: list[str] | None = None,
+                  path_prefix: str | None = None) -> SearchFilters:
     """Validated :class:`SearchFilters` from the command line (raises ``InvalidInput`` before anything opens)."""
     from oneiric_memory.records import SearchFilters
 
     filters = SearchFilters(projects=projects or None, memory_types=memory_types or None, agent_id=agent_id,
                             session_id=session_id, workflow_id=workflow_id, repo_id=repo_id,
-                            metadata=parse_metadata_filters(metadata))
+                            metadata=parse_metadata_filters(metadata), path_prefix=path_prefix)
     filters.validate()
     return filters
 
@@ -169,10 +170,15 @@ def remember(
 
 
 def _hit_dict(hit: Any) -> dict[str, Any]:
-    return {"id": str(hit.id), "score": hit.score, "memory_type": hit.memory_type, "project": hit.project,
-            "source": hit.source, "vector_rank": hit.vector_rank, "text_rank": hit.text_rank,
-            "agent_id": hit.agent_id, "session_id": hit.session_id, "workflow_id": hit.workflow_id,
-            "repo_id": hit.repo_id, "content": hit.content, "metadata": hit.metadata}
+    found = {"id": str(hit.id), "score": hit.score, "memory_type": hit.memory_type, "project": hit.project,
+             "source": hit.source, "vector_rank": hit.vector_rank, "text_rank": hit.text_rank,
+             "agent_id": hit.agent_id, "session_id": hit.session_id, "workflow_id": hit.workflow_id,
+             "repo_id": hit.repo_id, "content": hit.content, "metadata": hit.metadata}
+    meta = hit.metadata or {}
+    if isinstance(meta.get("path"), str):  # an ingested repository chunk: where it is
+        found.update(file=meta["path"], symbol=meta.get("symbol"),
+                     lines=[meta.get("start_line"), meta.get("end_line")])
+    return found
 
 
 def print_hits(hits: list[Any], as_json: bool, title: str) -> None:
@@ -201,6 +207,8 @@ def search(
     session_id: Annotated[str | None, typer.Option("--session", "--session-id")] = None,
     workflow_id: Annotated[str | None, typer.Option("--workflow", "--workflow-id")] = None,
     repo_id: Annotated[str | None, typer.Option("--repo", "--repo-id")] = None,
+    path_prefix: Annotated[str | None, typer.Option(
+        "--path", help="Ingested chunks whose file path starts with this (literal; end with / for a folder).")] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
                                                    help="Metadata equals (repeatable; JSON values parse).")] = None,
     min_score: Annotated[float | None, typer.Option(help="Drop hits scoring below this (score of the mode).")] = None,
@@ -214,7 +222,7 @@ def search(
         raise invalid("--min-score must be a number, not NaN", field="min_score")
     check_query(query)
     filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
-                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta)
+                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta, path_prefix=path_prefix)
 
     async def work() -> list[Any]:
         async with open_memory(_NO_SINK) as memory:  # PostgreSQL only: starting Session-Buddy would cost seconds

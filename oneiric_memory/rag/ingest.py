@@ -32,7 +32,8 @@ from oneiric_memory.records import MemoryRecord
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
-__all__ = ["IngestOptions", "IngestReport", "Progress", "ingest_repository"]
+__all__ = ["IngestOptions", "IngestReport", "Progress", "check_ingest_arguments", "check_label",
+           "ingest_repository"]
 
 Progress = Callable[[str, int, int], None]
 """``progress(unit, done, total)`` with unit ``"files"`` or ``"chunks"``."""
@@ -94,11 +95,44 @@ def _records(file: RepoFile, *, repo_id: str, project: str, options: IngestOptio
             for ordinal, chunk in enumerate(chunks)]
 
 
-def _check_repo_id(repo_id: object) -> str:
-    if not isinstance(repo_id, str) or not repo_id.strip() or "\x00" in repo_id or len(repo_id) > 512:
-        raise InvalidInput("repo_id must be a non-empty string of at most 512 characters without NUL",
-                           field="repo_id")
-    return repo_id
+def check_label(name: str, value: object) -> str:
+    """A repository id or project: a non-empty string of at most 512 characters, no NUL, valid UTF-8."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string, got {type(value).__name__}", field=name)
+    if "\x00" in value:
+        raise InvalidInput(f"{name} contains a NUL byte; remove it", field=name)
+    if len(value) > 512:
+        raise InvalidInput(f"{name} is longer than 512 characters", field=name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{name} holds a lone surrogate and is not valid UTF-8", field=name) from None
+    return value
+
+
+def check_ingest_arguments(root: object, repo_id: object, project: object, options: object,
+                           progress: object) -> Path:
+    """Every argument of an ingestion, checked before anything is read or written; returns the resolved root."""
+    check_label("repo_id", repo_id)
+    check_label("project", project)
+    if options is not None:
+        if not isinstance(options, IngestOptions):
+            raise InvalidInput(f"options must be an IngestOptions, not a {type(options).__name__}", field="options")
+        options.validate()
+    if progress is not None and not callable(progress):
+        raise InvalidInput(f"progress must be a callable or None, not a {type(progress).__name__}", field="progress")
+    if not isinstance(root, (str, Path)) or not str(root).strip():
+        raise InvalidInput(f"path must be a folder path, not {type(root).__name__}", field="path")
+    if "\x00" in str(root):
+        raise InvalidInput("path contains a NUL byte", field="path")
+    base = Path(root).expanduser()
+    try:
+        is_dir = base.is_dir()
+    except (OSError, ValueError):
+        is_dir = False
+    if not is_dir:
+        raise InvalidInput(f"path {str(base)[:200]!r} is not a folder", field="path")
+    return base.resolve()
 
 
 async def ingest_repository(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]], Awaitable[None]],
@@ -109,15 +143,8 @@ async def ingest_repository(store: PgvectorMemoryStore, embed: Callable[[list[Me
     ``embed(records)`` fills ``record.embedding`` where it can (records it leaves empty are stored pending and
     embedded later by the backfill).
     """
+    base = check_ingest_arguments(root, repo_id, project, options, progress)
     opts = options or IngestOptions()
-    opts.validate()
-    _check_repo_id(repo_id)
-    if not isinstance(project, str) or not project or "\x00" in project:
-        raise InvalidInput("project must be a non-empty string without NUL", field="project")
-    base = Path(root).expanduser()
-    if not base.is_dir():
-        raise InvalidInput(f"{str(base)[:200]!r} is not a directory", field="path")
-    base = base.resolve()
     log = get_logger("rag.ingest")
     report = IngestReport(uuid.uuid4(), repo_id, project, str(base))
     report.ingestion_id = await store.rag.begin(project, repo_id, str(base))

@@ -78,6 +78,8 @@ def filter_clause(filters: SearchFilters | None, params: Params, *, alias: str =
         parts.append(f"{alias}.created_at < {params.add(f.created_before, 'timestamptz')}")
     if f.metadata:
         parts.append(f"{alias}.metadata @> {params.add(json.dumps(dict(f.metadata)), 'text')}::jsonb")
+    if f.path_prefix is not None:  # starts_with: a literal prefix, no LIKE wildcards to escape
+        parts.append(f"starts_with({alias}.metadata->>'path', {params.add(f.path_prefix, 'text')})")
     if not f.include_expired:
         parts.append(f"({alias}.expires_at IS NULL OR {alias}.expires_at > now())")
     if f.acting_for is not None:
@@ -104,7 +106,8 @@ def filters_well_estimated(filters: SearchFilters) -> bool:
     conjunction assumes independent columns (off by the correlation), and ``metadata @>`` falls back to
     a fixed guess, so those are counted instead of estimated.
     """
-    if filters.metadata or filters.acting_for is not None:  # the scope is an OR across two indexes
+    # the scope is an OR across two indexes; a path prefix is a JSON expression with a fixed guess
+    if filters.metadata or filters.acting_for is not None or filters.path_prefix is not None:
         return False
     families = sum(1 for present in (
         bool(filters.projects), bool(filters.memory_types), filters.source_system is not None,
