@@ -38,9 +38,11 @@ from oneiric_memory.adapters.pgvector.planner import (
 )
 from oneiric_memory.adapters.pgvector.schema import quote_literal
 from oneiric_memory.adapters.pgvector.search_sql import (
+    LEXEMES_SQL,
     LEXICAL_SAMPLE_ROWS,
     LEXICAL_STATS_SQL,
     LexicalStats,
+    LexicalTerms,
     Params,
     avg_lexemes_sql,
     bm25_branch,
@@ -270,14 +272,31 @@ class SearchExecutor:
                              query_embedding=list(query_embedding), filters=filters, n=n,
                              path="exact" if path == "exact" else "ann")
 
-    def _text_branch(self, params: Params, query_text: str, filters: SearchFilters | None, n: int) -> str:
-        if self._bm25_index is not None and self._store.bm25_extension is not None:
+    def _text_branch(self, params: Params, query_text: str, terms: LexicalTerms | None, filters: SearchFilters | None,
+                     n: int) -> str:
+        """The BM25 extension's branch when ``terms`` is None (an index serves it), else the plain-PostgreSQL one."""
+        if terms is None:
+            assert self._bm25_index is not None and self._store.bm25_extension is not None
             return bm25_branch(params, table=self._store.table("memories"), extension=self._store.bm25_extension,
                                index=self._bm25_index, query_text=query_text, filters=filters, n=n)
         return text_branch(params, table=self._store.table("memories"),
-                           text_config=self.settings.postgres.text_search_config,
-                           query=parse_websearch(query_text), stats=self._lexical_stats or LexicalStats(),
+                           text_config=self.settings.postgres.text_search_config, query=parse_websearch(query_text),
+                           terms=terms, avg_lexemes=(self._lexical_stats or LexicalStats()).avg_lexemes,
                            filters=filters, n=n, candidates=self.settings.search.lexical_candidates)
+
+    async def _lexical_terms(self, connection: asyncpg.Connection, query_text: str) -> LexicalTerms:
+        """The query's lexemes with their IDF: one small round trip, as PostgreSQL stems them per the config.
+
+        Only these lexemes' statistics then travel with the search statement (a handful of bind values),
+        not the whole statistics list.
+        """
+        await self._refresh_lexical_stats(connection)
+        query = parse_websearch(query_text)
+        if not query.positive:
+            return LexicalTerms()
+        lexemes = await connection.fetchval(LEXEMES_SQL, self.settings.postgres.text_search_config, query.words)
+        return (self._lexical_stats or LexicalStats()).terms(list(lexemes or ()),
+                                                             self.settings.search.lexical_candidates)
 
     async def _refresh_lexical_stats(self, connection: asyncpg.Connection) -> None:
         """Re-read the ``tsv`` column's ANALYZE statistics (IDF, average length) at most once a minute.
@@ -323,16 +342,14 @@ class SearchExecutor:
             filters = await self._store.scoped(connection, filters)  # the read rule of acting_for (docs/groups.md)
             if mode in ("text", "hybrid"):
                 await self._detect_bm25_index(connection)
-                if self._bm25_index is None:
-                    await self._refresh_lexical_stats(connection)
             if mode == "text":
                 assert query_text is not None
                 if self._store.search_probe is not None:
                     await self._store.search_probe(connection, SearchPlan(path="none", matching_rows_capped=None,
                                                                    ef_search=ef))
-                rows = await self._lexical_rows(connection, lambda params: text_search_sql(
+                rows = await self._lexical_rows(connection, query_text, lambda params, terms: text_search_sql(
                     table=self._store.table("memories"), hit_columns=_HIT_COLUMNS,
-                    branch=self._text_branch(params, query_text, filters, limit)))
+                    branch=self._text_branch(params, query_text, terms, filters, limit)))
                 return [_hit(r, score=float(r["rank"]), text_rank=int(r["text_rank"]), text_score=float(r["rank"]))
                         for r in rows], None
             assert query_embedding is not None
@@ -371,30 +388,32 @@ class SearchExecutor:
     async def _hybrid_rows(self, connection: asyncpg.Connection, query_text: str, query_embedding: Sequence[float],
                            filters: SearchFilters | None, limit: int, candidates: int, path: str,
                            vector_weight: float, text_weight: float, rrf_k: int) -> list[asyncpg.Record]:
-        def build(params: Params) -> str:
+        def build(params: Params, terms: LexicalTerms | None) -> str:
             vector_sql = self._vector_branch(params, query_embedding, filters, candidates, path)
-            text_sql = self._text_branch(params, query_text, filters, candidates)
+            text_sql = self._text_branch(params, query_text, terms, filters, candidates)
             return hybrid_sql(params, table=self._store.table("memories"), hit_columns=_HIT_COLUMNS,
                               vector_sql=vector_sql,
                               text_sql=text_sql, rrf_k=rrf_k, vector_weight=vector_weight,
                               fusion=self.settings.search.fusion,
                               text_weight=text_weight, limit=limit)
 
-        return await self._lexical_rows(connection, build)
+        return await self._lexical_rows(connection, query_text, build)
 
-    async def _lexical_rows(self, connection: asyncpg.Connection,
-                            build: Callable[[Params], str]) -> list[asyncpg.Record]:
+    async def _lexical_rows(self, connection: asyncpg.Connection, query_text: str,
+                            build: Callable[[Params, LexicalTerms | None], str]) -> list[asyncpg.Record]:
         """Run a statement with a lexical branch; if a BM25 branch fails, fall back to tsvector for good.
 
         The BM25 extensions' SQL differs between versions and cannot be tested here, so a failure of that
         branch (inside a savepoint) is logged once and the store continues with its plain-PostgreSQL BM25.
         """
-        params = Params()
-        sql = build(params)
         if self._bm25_index is None:
+            params = Params()
+            sql = build(params, await self._lexical_terms(connection, query_text))
             return list(await connection.fetch(sql, *params.values))
         await connection.execute("SAVEPOINT om_bm25")  # the outer read-only transaction survives a failure
         try:
+            params = Params()
+            sql = build(params, None)
             return list(await connection.fetch(sql, *params.values))
         except asyncpg.PostgresError as exc:
             if is_transient(exc):
@@ -404,7 +423,7 @@ class SearchExecutor:
                               index=self._bm25_index, error=type(exc).__name__, sqlstate=exc.sqlstate)
             self._bm25_index = None
             params = Params()
-            sql = build(params)
+            sql = build(params, await self._lexical_terms(connection, query_text))
             return list(await connection.fetch(sql, *params.values))
 
     async def _vector_rows(self, connection: asyncpg.Connection, query_embedding: Sequence[float],

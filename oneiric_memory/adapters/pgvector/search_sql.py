@@ -15,6 +15,8 @@ Why the statements look the way they do (measured, see ``docs/benchmarks.md`` an
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,10 +26,14 @@ __all__ = [
     "BM25_B",
     "Fusion",
     "BM25_K1",
+    "LEXEMES_SQL",
     "LEXICAL_SAMPLE_ROWS",
     "LEXICAL_STATS_SQL",
+    "MAX_SCORED_LEXEMES",
+    "RESCORE_FACTOR",
     "LexicalQuery",
     "LexicalStats",
+    "LexicalTerms",
     "Params",
     "VectorPath",
     "avg_lexemes_sql",
@@ -41,6 +47,7 @@ __all__ = [
     "scope_clause",
     "text_branch",
     "text_search_sql",
+    "tsquery_lexeme",
     "vector_branch",
     "vector_search_sql",
 ]
@@ -223,13 +230,16 @@ class LexicalStats:
     does the same). ``avg_lexemes`` is the mean ``length(tsv)`` (distinct lexemes) of a sample of about
     :data:`LEXICAL_SAMPLE_ROWS` rows, for BM25's length normalisation. Before the first ANALYZE every
     term counts as equally rare: ranking degrades to saturated term frequency, it does not fail.
+
+    The store reads these once a minute and keeps them here, on the client: a query only needs its own
+    lexemes' shares, so no statistics travel with a search (sending the whole list as bind values on
+    every query cost ~1-2 ms).
     """
 
     rows: float = 0.0
     avg_lexemes: float | None = None
-    lexemes: tuple[str, ...] = ()
-    freqs: tuple[float, ...] = ()
-    unseen_freq: float = 0.0
+    shares: Mapping[str, float] = field(default_factory=dict)
+    unseen_share: float = 0.0
 
     @classmethod
     def from_row(cls, reltuples: float | None, avg_lexemes: float | None, elems: list[str] | None,
@@ -238,9 +248,48 @@ class LexicalStats:
         avg = float(avg_lexemes) if avg_lexemes else None
         if not elems or not freqs or len(freqs) < len(elems) + 1:
             return cls(rows=rows, avg_lexemes=avg)
-        return cls(rows=rows, avg_lexemes=avg, lexemes=tuple(elems), freqs=tuple(float(f) for f in freqs[:len(elems)]),
-                   unseen_freq=float(freqs[len(elems)]) / 2)
+        return cls(rows=rows, avg_lexemes=avg, shares=dict(zip(elems, (float(f) for f in freqs), strict=False)),
+                   unseen_share=float(freqs[len(elems)]) / 2)
 
+    def terms(self, lexemes: Sequence[str], budget: int) -> LexicalTerms:
+        """The query's lexemes with their IDF, rarest first, and how many of them admit rows (the gate).
+
+        IDF is Lucene's ``ln(1 + (N - df + 0.5) / (df + 0.5))``. The gate takes lexemes rarest first while
+        their estimated matches (sum of ``df``) stay within ``budget``, and always the rarest one. At most
+        :data:`MAX_SCORED_LEXEMES` (the rarest) are scored: a pasted page of text stays a bounded statement.
+        """
+        rows = max(self.rows, 1.0)
+        dfs = sorted({(rows * self.shares.get(lexeme, self.unseen_share), lexeme) for lexeme in lexemes})
+        dfs = dfs[:MAX_SCORED_LEXEMES]
+        gate, upto = 0, 0.0
+        for df, _ in dfs:
+            upto += df
+            if gate and upto > budget:
+                break
+            gate += 1
+        return LexicalTerms(lexemes=tuple(lexeme for _, lexeme in dfs),
+                            idfs=tuple(math.log(1 + (rows - min(df, rows) + 0.5) / (df + 0.5)) for df, _ in dfs),
+                            gate=gate, complete=len(dfs) == len(set(lexemes)))
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalTerms:
+    """One query's scored lexemes (rarest first) with their IDF; the first ``gate`` of them admit rows.
+
+    ``complete`` is False when some (common) lexemes were left out of scoring (:data:`MAX_SCORED_LEXEMES`).
+    """
+
+    lexemes: tuple[str, ...] = ()
+    idfs: tuple[float, ...] = ()
+    gate: int = 0
+    complete: bool = True
+
+
+MAX_SCORED_LEXEMES = 32
+"""Most lexemes of one query that are scored (the rarest); the others still match but add nothing."""
+
+LEXEMES_SQL = "SELECT tsvector_to_array(to_tsvector($1::regconfig, $2::text))"
+"""The query's distinct lexemes (stemmed, stop words dropped) per the configured text search config."""
 
 LEXICAL_STATS_SQL = (
     "SELECT c.reltuples::float8 AS reltuples, s.most_common_elems::text::text[] AS elems, "
@@ -259,61 +308,72 @@ def avg_lexemes_sql(table: str) -> str:
     return f"SELECT avg(length(m.tsv))::float8 FROM {table} m TABLESAMPLE SYSTEM ($1::float8)"
 
 
+def tsquery_lexeme(lexeme: str) -> str:
+    """A lexeme as a quoted ``tsquery`` operand (the value is then bound, never spliced into SQL).
+
+    Inside quotes ``tsquery`` input reads ``''`` as a quote and ``\\`` as an escape, so both are doubled.
+    """
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 BM25_K1 = 1.2
 """Term-frequency saturation (the usual 1.2; conversation turns and chunks rarely repeat a term)."""
 BM25_B = 0.75
 """Length normalisation (the usual 0.75)."""
-def text_branch(params: Params, *, table: str, text_config: str, query: LexicalQuery, stats: LexicalStats,
-                filters: SearchFilters | None, n: int, candidates: int) -> str:
+RESCORE_FACTOR = 2
+"""Rows rescored with exact term frequencies: this many times the rows the branch returns."""
+
+
+def text_branch(params: Params, *, table: str, text_config: str, query: LexicalQuery, terms: LexicalTerms,
+                avg_lexemes: float | None, filters: SearchFilters | None, n: int, candidates: int) -> str:
     """``(project, id, rank)`` of the ``n`` best BM25 matches under OR semantics, in plain PostgreSQL.
 
     * *Match*: any positive item (word or phrase) and no negative item, on the GIN index of ``tsv``.
     * *Score*: ``sum idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))`` over the query's
-      lexemes (stemmed, stop words dropped, per the configured text search config). ``tf`` is the count of
-      the lexeme's positions in the row (``unnest`` of the tsvector, filtered to the query's lexemes with
-      ``setweight``/``ts_filter`` so the cost does not grow with the row's length); ``idf`` is Lucene's
-      ``ln(1 + (N - df + 0.5) / (df + 0.5))`` with ``df`` from :class:`LexicalStats`.
-    * *Bound*: rows are admitted only through the query's rarest lexemes, taken rarest first until their
-      estimated matches reach ``candidates`` (at least one is always taken), and at most ``candidates``
-      rows are scored. A row matching only very common words scores little anyway; a query made only of
-      very common words scores an arbitrary ``candidates`` of its matches.
+      lexemes (``terms``: stemmed, stop words dropped, per the configured text search config, with IDF
+      from :class:`LexicalStats`); ``dl`` = ``length(tsv)``.
+    * *Bound*: rows are admitted only through the gate (the query's rarest lexemes, see
+      :meth:`LexicalStats.terms`), and at most ``candidates`` rows are considered. A row matching only
+      very common words scores little anyway; a query made only of very common words considers an
+      arbitrary ``candidates`` of its matches.
+    * *Cost*: every candidate gets the score with ``tf = 1`` from one ``@@`` test per lexeme (C functions
+      only, ~1 us a row); only the best ``RESCORE_FACTOR x n`` are rescored with their real term
+      frequencies (``unnest`` of the tsvector filtered to the query's lexemes, a per-row subquery costing
+      several times more). A repeated term can only raise a row's score, by at most ``1 + k1`` per term.
     """
+    if not query.positive or not terms.lexemes:
+        # nothing positive to rank by (only negations, or only stop words): no rows, same columns
+        return f"SELECT m.project, m.id, 0::float8 AS rank FROM {table} m WHERE FALSE"
     config = params.add(text_config, "regconfig")
-    has_negative = bool(query.negative)
     positive = params.add(query.positive_text, "text")
-    negative = params.add(query.negative_text, "text") if has_negative else ""
-    words = params.add(query.words, "text")
-    rows = params.add(max(stats.rows, 1.0), "float8")
-    elems = params.add(list(stats.lexemes), "text[]")
-    freqs = params.add(list(stats.freqs), "float8[]")
-    unseen = params.add(stats.unseen_freq, "float8")
-    budget = params.add(float(candidates), "float8")
-    avgdl = params.add(stats.avg_lexemes, "float8")
+    not_negative = (f" AND NOT (m.tsv @@ websearch_to_tsquery({config}, {params.add(query.negative_text, 'text')}))"
+                    if query.negative else "")
+    gate = ""
+    if terms.gate < len(terms.lexemes) or not terms.complete:
+        gate_query = " | ".join(tsquery_lexeme(lexeme) for lexeme in terms.lexemes[:terms.gate])
+        gate = f" AND m.tsv @@ {params.add(gate_query, 'tsquery')}"
+    k1, b = params.add(BM25_K1, "float8"), params.add(BM25_B, "float8")
+    avgdl = params.add(avg_lexemes, "float8")
+    matched = " + ".join(f"CASE WHEN m.tsv @@ {params.add(tsquery_lexeme(lexeme), 'tsquery')} "
+                         f"THEN {params.add(idf, 'float8')} ELSE 0 END"
+                         for lexeme, idf in zip(terms.lexemes, terms.idfs, strict=True))
     where = filter_clause(filters, params)
     cap = params.add(candidates, "int")
-    k1, b = params.add(BM25_K1, "float8"), params.add(BM25_B, "float8")
-    not_negative = (f" AND NOT (m.tsv @@ websearch_to_tsquery({config}, {negative}))" if has_negative else "")
-    norm = f"coalesce({k1} * (1 - {b} + {b} * length(c.tsv) / {avgdl}), {k1})"
+    rescore = params.add(RESCORE_FACTOR * n, "int")
+    lexemes = params.add(list(terms.lexemes), "text[]")
+    idfs = params.add(list(terms.idfs), "float8[]")
+    norm = f"coalesce({k1} * (1 - {b} + {b} * length(p.tsv) / {avgdl}), {k1})"
     return (
-        # the query's lexemes, their document frequencies and IDF; "upto" = estimated rows matching this
-        # lexeme or a rarer one
-        "WITH terms AS MATERIALIZED (SELECT t.lexeme, t.df, "
-        f"ln(1 + ({rows} - least(t.df, {rows}) + 0.5) / (t.df + 0.5)) AS idf, "
-        "sum(t.df) OVER (ORDER BY t.df, t.lexeme) AS upto, row_number() OVER (ORDER BY t.df, t.lexeme) AS nth "
-        f"FROM (SELECT l.lexeme, {rows} * coalesce(({freqs})[array_position({elems}, l.lexeme)], {unseen}) AS df "
-        f"FROM unnest(tsvector_to_array(to_tsvector({config}, {words}))) AS l(lexeme)) AS t), "
-        # one row: the gate (OR of the rarest lexemes, as a tsquery built from quoted single-lexeme
-        # tsvectors, so no quoting by hand) and the lexemes with their IDF, as aligned arrays
-        "g AS MATERIALIZED (SELECT string_agg(array_to_tsvector(ARRAY[lexeme])::text, ' | ') "
-        f"FILTER (WHERE nth = 1 OR upto <= {budget})::tsquery AS gate, array_agg(lexeme) AS lexemes, array_agg(idf) AS idfs "
-        "FROM terms), "
-        "c AS MATERIALIZED (SELECT m.project, m.id, m.tsv FROM " + table + " m "
-        f"WHERE m.tsv @@ websearch_to_tsquery({config}, {positive}){not_negative} "
-        f"AND m.tsv @@ (SELECT gate FROM g) AND {where} LIMIT {cap}) "
-        "SELECT c.project, c.id, (SELECT sum(g.idfs[array_position(g.lexemes, x.lexeme)] * x.tf * "
+        # candidates through the GIN index, each with its BM25 score at tf = 1 (the length factor included)
+        "WITH p AS MATERIALIZED (SELECT c.project, c.id, c.tsv FROM (SELECT m.project, m.id, m.tsv, "
+        f"({matched}) / (1 + coalesce({k1} * (1 - {b} + {b} * length(m.tsv) / {avgdl}), {k1})) AS pre "
+        f"FROM {table} m WHERE m.tsv @@ websearch_to_tsquery({config}, {positive}){not_negative}{gate} "
+        f"AND {where} LIMIT {cap}) AS c ORDER BY c.pre DESC, c.id LIMIT {rescore}) "
+        # the best of them rescored with their real term frequencies
+        f"SELECT p.project, p.id, (SELECT sum(({idfs})[array_position({lexemes}, x.lexeme)] * x.tf * "
         f"({k1} + 1) / (x.tf + {norm})) FROM (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf "
-        "FROM unnest(ts_filter(setweight(c.tsv, 'A', g.lexemes), '{a}')) AS u) AS x)::float8 AS rank "
-        f"FROM c, g ORDER BY rank DESC, c.id LIMIT {params.add(n, 'int')}")
+        f"FROM unnest(ts_filter(setweight(p.tsv, 'A', {lexemes}), '{{a}}')) AS u) AS x)::float8 AS rank "
+        f"FROM p ORDER BY rank DESC, p.id LIMIT {params.add(n, 'int')}")
 
 
 def bm25_branch(params: Params, *, table: str, extension: str, index: str, query_text: str,

@@ -17,7 +17,13 @@ import pytest_asyncio
 
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
-from oneiric_memory.adapters.pgvector.search_sql import LexicalStats, Params, parse_websearch, text_branch
+from oneiric_memory.adapters.pgvector.search_sql import (
+    LexicalStats,
+    Params,
+    parse_websearch,
+    text_branch,
+    tsquery_lexeme,
+)
 from oneiric_memory.records import MemoryRecord, SearchFilters
 from tests.support import make_settings
 
@@ -99,14 +105,47 @@ async def test_hostile_query_is_bound_never_spliced(lexical: tuple[PgvectorMemor
     store, ids = lexical
     hostile = "support'); DROP TABLE memories; -- \\' \"group $1 -\"x'' ::regclass"
     params = Params()
+    terms = LexicalStats().terms(["support", "drop", "x'');--", "back\\slash"], 100)
     sql = text_branch(params, table=store.table("memories"), text_config="english", query=parse_websearch(hostile),
-                      stats=LexicalStats(), filters=None, n=5, candidates=100)
-    assert "DROP" not in sql and "regclass\"" not in sql
-    assert set(re.findall(r"'[^']*'", sql)) <= {"'A'", "'{a}'", "' | '"}  # the builder's own literals only
-    assert any(isinstance(v, str) and "DROP TABLE memories" in v for v in params.values)
+                      terms=terms, avg_lexemes=None, filters=None, n=5, candidates=100)
+    assert "DROP" not in sql and "regclass\"" not in sql and "slash" not in sql
+    assert set(re.findall(r"'[^']*'", sql)) <= {"'A'", "'{a}'"}  # the builder's own literals only
+    assert any(isinstance(v, str) and "DROP or TABLE or memories;" in v for v in params.values)  # bound, as items
+    assert "'x'''');--'" in params.values  # a hostile lexeme travels bound, as one quoted tsquery operand
     hits = await _ids(store, hostile)
     assert ids[TURNS[0]] in hits  # "support" still matches
     assert await store.count(SearchFilters(projects=["conv"])) == len(TURNS) + FILLER + 1
+
+
+@pytest.mark.parametrize("lexeme", ["plain", "it's", "back\\slash", "two words", "a:b & !c | d <-> e", "''", "\\'",
+                                    "ünï"])
+async def test_lexemes_are_quoted_as_exactly_one_tsquery_operand(
+        lexical: tuple[PgvectorMemoryStore, dict[str, uuid.UUID]], lexeme: str) -> None:
+    store, _ = lexical
+    async with store.gate.acquire() as connection:
+        row = await connection.fetchrow(
+            "SELECT array_to_tsvector(ARRAY[$1::text]) @@ $2::tsquery AS hit, numnode($2::tsquery) AS nodes, "
+            "$2::tsquery::text = array_to_tsvector(ARRAY[$1::text])::text AS same", lexeme, tsquery_lexeme(lexeme))
+    assert row["hit"] and row["nodes"] == 1 and row["same"]  # one operand, the very lexeme, whatever it holds
+
+
+async def test_repeated_terms_rank_higher_exact_term_frequency(pg_server: EmbeddedConnectInfo,
+                                                               pg_data_dir: Path) -> None:
+    store = PgvectorMemoryStore(make_settings(pg_data_dir))
+    await store.init()
+    try:
+        once, twice = "narwhal blue swims", "narwhal narwhal blue swims"  # same distinct-lexeme length (3)
+        result = await store.upsert_many([MemoryRecord(content=t) for t in (once, twice)] + [
+            MemoryRecord(content=f"filler row {i} about nothing") for i in range(30)])
+        async with store.gate.acquire() as connection:
+            await connection.execute(f"ANALYZE {store.table('memories')}")
+        hits = await store.search_text("narwhal", limit=5)
+        assert [h.id for h in hits] == [result.ids[1], result.ids[0]]  # tf 2 above tf 1, same length
+        assert hits[0].score > hits[1].score
+    finally:
+        async with store.gate.acquire() as connection:
+            await connection.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
+        await store.cleanup()
 
 
 async def test_websearch_syntax_is_split_like_postgresql() -> None:
