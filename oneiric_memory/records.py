@@ -365,7 +365,7 @@ class SearchFilters:
 
 @dataclass(slots=True)
 class StoredMemory:
-    """A row of ``memories`` as returned by ``get``."""
+    """A row of ``memories`` as ``get`` and ``list_memories`` return it."""
 
     id: UUID
     project: str
@@ -391,6 +391,8 @@ class StoredMemory:
     """Projects this memory is shared with (besides its own)."""
     shared_groups: tuple[str, ...] = ()
     """Project groups this memory is shared with."""
+    embedding: list[float] | None = None
+    """The vector, only when it was asked for (``list_memories(with_embeddings=True)``, for export)."""
 
 
 @dataclass(frozen=True, slots=True)

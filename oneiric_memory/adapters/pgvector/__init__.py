@@ -5,7 +5,7 @@ Import the store and its factory from here; the modules inside are its named par
 
 from oneiric_memory.adapters.pgvector.bootstrap import schema_migrator
 from oneiric_memory.adapters.pgvector.indexes import ivfflat_lists_for
-from oneiric_memory.adapters.pgvector.listing import ListedMemory, MemoryPage, list_memories
+from oneiric_memory.adapters.pgvector.listing import MemoryPage, list_memories
 from oneiric_memory.adapters.pgvector.planner import SearchPlan
 from oneiric_memory.adapters.pgvector.rag_index import FileChunks, IndexedFile, RagIndex, chunk_key
 from oneiric_memory.adapters.pgvector.sharing import ShareChange
@@ -19,7 +19,6 @@ from oneiric_memory.adapters.pgvector.store import (
 __all__ = [
     "FileChunks",
     "IndexedFile",
-    "ListedMemory",
     "MemoryPage",
     "PendingMemory",
     "PgvectorMemoryStore",

@@ -1,4 +1,5 @@
-"""Reading memories in a stable order, one page at a time: ``list`` and ``export`` (keyset pagination).
+"""Reading memories: the row-to-:class:`StoredMemory` mapping ``get`` shares, and listing in a stable order,
+one page at a time, for ``list`` and ``export`` (keyset pagination).
 
 Pages are ordered by ``(created_at, id)`` and continue after a cursor, so a listing or an export of millions of
 rows streams in bounded memory and never skips or repeats a row when rows are added meanwhile.
@@ -8,50 +9,52 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from oneiric_memory.adapters.pgvector.connection import run_with_retries
 from oneiric_memory.adapters.pgvector.search_sql import Params, filter_clause
+from oneiric_memory.adapters.pgvector.sharing import split_targets
 from oneiric_memory.errors import InvalidInput
-from oneiric_memory.records import SearchFilters
+from oneiric_memory.records import SearchFilters, StoredMemory
 
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector.store import PgvectorMemoryStore
 
-__all__ = ["ListedMemory", "MemoryPage", "list_memories"]
+__all__ = ["MEMORY_COLUMNS", "MemoryPage", "list_memories", "stored_memory"]
 
 _MAX_PAGE = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class ListedMemory:
-    """Every stored column of one memory; ``embedding`` only when it was asked for (export)."""
+MEMORY_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.content_hash, m.metadata, m.source_system, "
+                  "m.agent_id, m.workflow_id, m.repo_id, m.session_id, m.embedding_model, "
+                  "m.embedding IS NULL AS pending, m.created_at, m.updated_at, m.expires_at, m.seen_count, "
+                  "coalesce(m.last_seen_at, m.created_at) AS last_seen_at, m.shared_with")
+"""The columns :func:`stored_memory` reads (``memories`` aliased ``m``)."""
 
-    id: uuid.UUID
-    project: str
-    memory_type: str
-    content: str
-    metadata: dict[str, Any]
-    source_system: str | None
-    agent_id: str | None
-    workflow_id: str | None
-    repo_id: str | None
-    session_id: str | None
-    embedding_model: str | None
-    embedding_pending: bool
-    created_at: datetime
-    updated_at: datetime
-    expires_at: datetime | None
-    embedding: list[float] | None = None
+
+def stored_memory(row: Mapping[str, Any], *, with_embedding: bool = False) -> StoredMemory:
+    """One row selected with :data:`MEMORY_COLUMNS` (plus ``m.embedding`` when ``with_embedding``)."""
+    vector = row["embedding"] if with_embedding else None
+    shared_projects, shared_groups = split_targets(row["shared_with"])
+    return StoredMemory(
+        id=row["id"], project=row["project"], memory_type=row["memory_type"], content=row["content"],
+        content_hash=row["content_hash"], metadata=row["metadata"], source_system=row["source_system"],
+        agent_id=row["agent_id"], workflow_id=row["workflow_id"], repo_id=row["repo_id"],
+        session_id=row["session_id"], embedding_model=row["embedding_model"], embedding_pending=row["pending"],
+        created_at=row["created_at"], updated_at=row["updated_at"], expires_at=row["expires_at"],
+        seen_count=row["seen_count"], last_seen_at=row["last_seen_at"], shared_projects=shared_projects,
+        shared_groups=shared_groups,
+        embedding=None if vector is None else [float(x) for x in vector.to_list()])
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryPage:
     """One page and the cursor of the next (``None`` on the last page)."""
 
-    memories: list[ListedMemory]
+    memories: list[StoredMemory]
     next_cursor: str | None
 
 
@@ -88,22 +91,13 @@ async def list_memories(store: PgvectorMemoryStore, *, filters: SearchFilters | 
             if position is not None:
                 where += (f" AND (m.created_at, m.id) > ({params.add(position[0], 'timestamptz')}, "
                           f"{params.add(position[1], 'uuid')})")
-            sql = (f"SELECT m.id, m.project, m.memory_type, m.content, m.metadata, m.source_system, m.agent_id, "
-                   f"m.workflow_id, m.repo_id, m.session_id, m.embedding_model, m.embedding IS NULL AS pending, "
-                   f"m.created_at, m.updated_at, m.expires_at{embedding} FROM {store.table('memories')} m "
+            sql = (f"SELECT {MEMORY_COLUMNS}{embedding} FROM {store.table('memories')} m "
                    f"WHERE {where} ORDER BY m.created_at, m.id LIMIT {params.add(limit + 1, 'int')}")
             return list(await connection.fetch(sql, *params.values))
 
     rows = await run_with_retries(store.settings.postgres, "listing memories", run)
     more = len(rows) > limit
     rows = rows[:limit]
-    memories = [ListedMemory(
-        id=r["id"], project=r["project"], memory_type=r["memory_type"], content=r["content"],
-        metadata=r["metadata"], source_system=r["source_system"], agent_id=r["agent_id"],
-        workflow_id=r["workflow_id"], repo_id=r["repo_id"], session_id=r["session_id"],
-        embedding_model=r["embedding_model"], embedding_pending=r["pending"], created_at=r["created_at"],
-        updated_at=r["updated_at"], expires_at=r["expires_at"],
-        embedding=[float(x) for x in r["embedding"].to_list()] if with_embeddings and r["embedding"] is not None
-        else None) for r in rows]
+    memories = [stored_memory(r, with_embedding=with_embeddings) for r in rows]
     last = memories[-1] if memories else None
     return MemoryPage(memories, _encode(last.created_at, last.id) if more and last is not None else None)

@@ -36,6 +36,7 @@ from oneiric_memory.adapters.pgvector.indexes import (
     drop_vector_index,
     vector_index_name,
 )
+from oneiric_memory.adapters.pgvector.listing import MEMORY_COLUMNS, stored_memory
 from oneiric_memory.adapters.pgvector.migration_ledger import MigrationLedger
 from oneiric_memory.adapters.pgvector.outbox import OutboxQueue
 from oneiric_memory.adapters.pgvector.planner import SearchPlan
@@ -43,7 +44,7 @@ from oneiric_memory.adapters.pgvector.rag_index import RagIndex
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta
 from oneiric_memory.adapters.pgvector.search import SearchExecutor
 from oneiric_memory.adapters.pgvector.search_sql import Params, filter_clause
-from oneiric_memory.adapters.pgvector.sharing import SharingRepository, split_targets
+from oneiric_memory.adapters.pgvector.sharing import SharingRepository
 from oneiric_memory.adapters.pgvector.writes import staging_rows, upsert_batch
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, without_driver_chain
 from oneiric_memory.insights import Insight
@@ -469,21 +470,11 @@ class PgvectorMemoryStore:
                 if resolved is not None:
                     where += f" AND {filter_clause(resolved, params)}"
                 return list(await connection.fetch(
-                    "SELECT id, project, memory_type, content, content_hash, metadata, source_system, agent_id, "
-                    "workflow_id, repo_id, session_id, embedding_model, embedding IS NULL AS pending, created_at, "
-                    "updated_at, expires_at, seen_count, coalesce(last_seen_at, created_at) AS last_seen_at, "
-                    f"shared_with FROM {self.table('memories')} m WHERE {where}", *params.values))
+                    f"SELECT {MEMORY_COLUMNS} FROM {self.table('memories')} m WHERE {where}", *params.values))
 
         rows = await run_with_retries(self.settings.postgres, "reading memories", run)
         order = {value: position for position, value in enumerate(parsed)}
-        result = [StoredMemory(
-            id=r["id"], project=r["project"], memory_type=r["memory_type"], content=r["content"],
-            content_hash=r["content_hash"], metadata=r["metadata"], source_system=r["source_system"],
-            agent_id=r["agent_id"], workflow_id=r["workflow_id"], repo_id=r["repo_id"], session_id=r["session_id"],
-            embedding_model=r["embedding_model"], embedding_pending=r["pending"], created_at=r["created_at"],
-            updated_at=r["updated_at"], expires_at=r["expires_at"], seen_count=r["seen_count"],
-            last_seen_at=r["last_seen_at"], shared_projects=split_targets(r["shared_with"])[0],
-            shared_groups=split_targets(r["shared_with"])[1]) for r in rows]
+        result = [stored_memory(r) for r in rows]
         result.sort(key=lambda item: order.get(item.id, 0))
         return result
 
