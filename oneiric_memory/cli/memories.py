@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -118,6 +121,54 @@ def build_filters(*, projects: list[str] | None = None, memory_types: list[str] 
                             metadata=parse_metadata_filters(metadata), path_prefix=path_prefix)
     filters.validate()
     return filters
+
+
+_FILTER_OPTIONS = (
+    inspect.Parameter("project", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[list[str] | None, typer.Option(help="Repeatable.")]),
+    inspect.Parameter("memory_type", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[list[str] | None, typer.Option("--type", help="Repeatable.")]),
+    inspect.Parameter("agent_id", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option("--agent", "--agent-id")]),
+    inspect.Parameter("session_id", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option("--session", "--session-id")]),
+    inspect.Parameter("workflow_id", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option("--workflow", "--workflow-id")]),
+    inspect.Parameter("repo_id", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[str | None, typer.Option("--repo", "--repo-id")]),
+    inspect.Parameter("meta", inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE",
+                                                                          help="Repeatable.")]),
+)
+
+
+def with_filter_options[**P, R](command: Callable[P, R]) -> Callable[..., R]:
+    """Give ``command`` the memory filter options (--project, --type, --agent, --session, --workflow, --repo,
+    --meta) in place of its ``filters`` parameter, which receives them as one validated :class:`SearchFilters`, or
+    None when none was given. One declaration of the options for the commands that select memories by filter."""
+    # evaluated annotations (typer reads them): ``filters`` is replaced, so its type need not load (records is lazy)
+    signature = inspect.signature(command, eval_str=True, locals={"SearchFilters": Any})
+    names = [option.name for option in _FILTER_OPTIONS]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        given = {name: kwargs.pop(name, None) for name in names}
+        kwargs["filters"] = build_filters(
+            projects=given["project"], memory_types=given["memory_type"], agent_id=given["agent_id"],
+            session_id=given["session_id"], workflow_id=given["workflow_id"], repo_id=given["repo_id"],
+            metadata=given["meta"]) if any(given.values()) else None
+        return command(*args, **kwargs)
+
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "filters":
+            parameters.extend(_FILTER_OPTIONS)
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                              if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD else parameter)
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return wrapper
 
 
 def check_query(query: str) -> None:
@@ -312,14 +363,9 @@ def get(
         raise OneiricMemoryError(f"no memory with id {', '.join(missing)}")
 
 
+@with_filter_options
 def list_command(
-    project: Annotated[list[str] | None, typer.Option(help="Repeatable.")] = None,
-    memory_type: Annotated[list[str] | None, typer.Option("--type", help="Repeatable.")] = None,
-    agent_id: Annotated[str | None, typer.Option("--agent", "--agent-id")] = None,
-    session_id: Annotated[str | None, typer.Option("--session", "--session-id")] = None,
-    workflow_id: Annotated[str | None, typer.Option("--workflow", "--workflow-id")] = None,
-    repo_id: Annotated[str | None, typer.Option("--repo", "--repo-id")] = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE", help="Repeatable.")] = None,
+    filters: SearchFilters | None = None,
     include_expired: Annotated[bool, typer.Option("--include-expired")] = False,
     limit: Annotated[int, typer.Option(help="Rows per page (1 to 10000).")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Continue after the page that printed this cursor.")] = None,
@@ -328,8 +374,7 @@ def list_command(
     """List memories, oldest first, a page at a time (the next page's --cursor is printed on stderr)."""
     if not 1 <= limit <= 10_000:
         raise invalid(f"--limit {limit} is out of range; use 1 to 10000", field="limit")
-    filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
-                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta)
+    filters = filters or build_filters()
     filters.include_expired = include_expired
 
     async def work() -> Any:
@@ -354,26 +399,18 @@ def list_command(
         err_console.print(f"more: --cursor {page.next_cursor}", highlight=False)
 
 
+@with_filter_options
 def forget(
     ids: Annotated[list[str] | None, typer.Argument(metavar="[ID...]", help="Memory ids to forget.")] = None,
-    project: Annotated[list[str] | None, typer.Option(help="Forget by filter (repeatable).")] = None,
-    memory_type: Annotated[list[str] | None, typer.Option("--type", help="Repeatable.")] = None,
-    agent_id: Annotated[str | None, typer.Option("--agent", "--agent-id")] = None,
-    session_id: Annotated[str | None, typer.Option("--session", "--session-id")] = None,
-    workflow_id: Annotated[str | None, typer.Option("--workflow", "--workflow-id")] = None,
-    repo_id: Annotated[str | None, typer.Option("--repo", "--repo-id")] = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta", metavar="KEY=VALUE", help="Repeatable.")] = None,
+    filters: SearchFilters | None = None,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm forgetting by filter.")] = False,
 ) -> None:
     """Forget memories by id, or every memory a filter matches (with --yes); prints how many."""
-    filtered = any((project, memory_type, agent_id, session_id, workflow_id, repo_id, meta))
-    if ids and filtered:
+    if ids and filters is not None:
         raise UsageProblem("give ids or filters, not both")
-    if not ids and not filtered:
+    if not ids and filters is None:
         raise UsageProblem("give the ids to forget, or a filter such as --project (with --yes)")
     wanted = parse_ids(ids) if ids else None
-    filters = build_filters(projects=project, memory_types=memory_type, agent_id=agent_id, session_id=session_id,
-                            workflow_id=workflow_id, repo_id=repo_id, metadata=meta) if filtered else None
     if filters is not None and not yes:
         raise UsageProblem("forgetting by filter deletes every memory it matches; pass --yes to confirm")
 
