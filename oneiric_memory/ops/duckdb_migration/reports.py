@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["ColumnInfo", "Inventory", "MigrationReport", "ProgressEvent", "RollbackReport", "RowIssue", "RunSummary",
-           "TableInventory", "TableReport", "TableValidation", "ValidationReport"]
+__all__ = ["ColumnInfo", "Inventory", "MigrationReport", "ProgressEvent", "RollbackReport", "RowIssue", "RunIdJson",
+           "RunSummary", "TableCounts", "TableInventory", "TableReport", "TableValidation", "ValidationReport"]
 
 
 
@@ -76,11 +76,31 @@ class RowIssue:
 
 
 @dataclass(slots=True)
-class TableReport:
+class TableCounts:
+    """What both per-table reports start with: the source table, its file role and its row count."""
+
     table: str
     file: str
-    maps_to: str
     source_rows: int = 0
+
+
+class RunIdJson:
+    """``to_dict`` for the reports of one run: their fields as JSON-ready data, the run id as text."""
+
+    __slots__ = ()
+    run_id: uuid.UUID | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)  # type: ignore[call-overload]  # every subclass is a dataclass
+        data["run_id"] = None if self.run_id is None else str(self.run_id)
+        return data
+
+
+@dataclass(slots=True)
+class TableReport(TableCounts):
+    """One table's migration: how many rows were new, already there, deduplicated or refused."""
+
+    maps_to: str = field(kw_only=True)
     to_migrate: int = 0
     already_migrated: int = 0
     added: int = 0
@@ -92,7 +112,7 @@ class TableReport:
 
 
 @dataclass(slots=True)
-class MigrationReport:
+class MigrationReport(RunIdJson):
     """The outcome of :meth:`DuckDBMigration.run` (also stored per table in ``migration_runs.counts``)."""
 
     run_id: uuid.UUID | None
@@ -130,18 +150,16 @@ class MigrationReport:
         return sum(t.pending_embeddings for t in self.tables)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["run_id"] = None if self.run_id is None else str(self.run_id)
+        data = RunIdJson.to_dict(self)
         data.update(added=self.added, skipped=self.skipped, errors=self.errors,
                     pending_embeddings=self.pending_embeddings)
         return data
 
 
 @dataclass(slots=True)
-class TableValidation:
-    table: str
-    file: str
-    source_rows: int = 0
+class TableValidation(TableCounts):
+    """One table's check, source against target: missing, extra, orphaned rows and content mismatches."""
+
     migrated: int = 0
     skipped: int = 0
     unkeyed: int = 0
@@ -157,7 +175,7 @@ class TableValidation:
 
 
 @dataclass(slots=True)
-class ValidationReport:
+class ValidationReport(RunIdJson):
     """Source vs target per table. ``ok`` is False on any count or content mismatch (the CLI exits 1)."""
 
     run_id: uuid.UUID
@@ -168,26 +186,20 @@ class ValidationReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["run_id"] = str(self.run_id)
+        data = RunIdJson.to_dict(self)
         for table, item in zip(data["tables"], self.tables, strict=True):
             table["ok"] = item.ok
         return data
 
 
 @dataclass(frozen=True, slots=True)
-class RollbackReport:
+class RollbackReport(RunIdJson):
     run_id: uuid.UUID
     previous_status: str
     status: str
     memories_deleted: int
     memories_kept_shared: int
     items_deleted: int
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["run_id"] = str(self.run_id)
-        return data
 
 
 @dataclass(frozen=True, slots=True)
