@@ -284,3 +284,28 @@ async def test_session_buddy_groups_are_create_only_records_so_shares_travel_as_
     await asyncio.to_thread(tables)
     own = await session_buddy_own_search(sb_file, [f"om:{insight_id('tgt', INSIGHT)}"])
     assert [row.get("project") or "tgt" for row in own[f"om:{insight_id('tgt', INSIGHT)}"]] == ["tgt"]
+
+
+async def test_a_share_racing_a_group_deletion_never_leaves_a_share_behind(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> None:
+    """Either the share commits first (and the deletion withdraws it) or the deletion does (and the share is refused):
+    a re-created group of the same name never inherits an old share."""
+    import asyncio
+
+    async with open_memory(pg_data_dir, None) as memory:
+        ids = [await memory.remember(f"{INSIGHT} #{n}", "insight", project="src") for n in range(5)]
+        for _round in range(8):
+            await memory.create_group("flaky", ["tgt"])
+
+            async def share() -> None:
+                try:
+                    await memory.share(ids, groups=["flaky"])
+                except InvalidInput as exc:
+                    assert "no project group" in str(exc)
+
+            await asyncio.gather(share(), memory.delete_group("flaky"), share())
+            stored = await memory.get(ids)
+            assert all(item.shared_groups == () for item in stored)
+        await memory.create_group("flaky", ["tgt"])
+        assert await memory.search(QUERY, acting_for="tgt", mode="text") == []
+        assert await _copies(memory.store) == []

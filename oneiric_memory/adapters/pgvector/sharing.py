@@ -225,9 +225,17 @@ class SharingRepository:
         wanted = [project_target(p) for p in projects] + [group_target(g) for g in groups]
 
         async def work(connection: asyncpg.Connection) -> ShareChange:
-            if add:
-                for group in dict.fromkeys(groups):
-                    await self.group_projects(connection, group)  # InvalidInput for an unknown group
+            if add and groups:
+                # FOR KEY SHARE: a concurrent delete_group waits for this share to commit (and then withdraws it),
+                # so a share never leaves a g: entry behind for a group that is gone (or re-created later)
+                wanted_groups = sorted(set(groups))
+                found = await connection.fetch(
+                    f"SELECT name FROM {self._groups} WHERE name = ANY($1::text[]) ORDER BY name FOR KEY SHARE",
+                    wanted_groups)
+                missing = sorted(set(wanted_groups) - {row["name"] for row in found})
+                if missing:
+                    raise InvalidInput(f"there is no project group {missing[0][:80]!r}; create it with "
+                                       "`oneiric-memory groups create`", field="group")
             rows = await connection.fetch(
                 f"SELECT project, id, shared_with FROM {self._memories} WHERE id = ANY($1::uuid[]) "
                 "ORDER BY project, id FOR UPDATE", list(ids))
