@@ -150,6 +150,7 @@ API_CASES: list[HostileCase] = [
     *_rows("ingest_repository", "options", (("x", "options must be an IngestOptions"),
                                             (IngestOptions(suffixes=".py"), "suffixes must be"),
                                             (IngestOptions(suffixes=["py"]), "suffixes must be"),
+                                            (IngestOptions(exclude="build/"), "exclude must be"),
                                             (IngestOptions(max_chars=5), "max_chars must be"),
                                             (IngestOptions(overlap=-1), "overlap must be"),
                                             (IngestOptions(max_file_bytes=True), "max_file_bytes must be"),

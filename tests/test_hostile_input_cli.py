@@ -124,6 +124,7 @@ CLI_CASES: list[HostileCase] = [
     HostileCase("cli ingest", "repo_id", ["ingest", "{tmp}"], "repo-id"),
     HostileCase("cli ingest", "project", ["ingest", "{tmp}", "--repo-id", "r", "--project", ""], "project"),
     HostileCase("cli ingest", "suffix", ["ingest", "{tmp}", "--repo-id", "r", "--suffix", ""], "suffixes must be"),
+    HostileCase("cli ingest", "exclude", ["ingest", "{tmp}", "--repo-id", "r", "--exclude", NUL], "exclude must be"),
     HostileCase("cli ingest", "max_file_bytes", ["ingest", "{tmp}", "--repo-id", "r", "--max-file-bytes", "0"],
                 "max_file_bytes must be"),
     HostileCase("cli ingest", "chunk_chars", ["ingest", "{tmp}", "--repo-id", "r", "--chunk-chars", "x"],

@@ -5,7 +5,8 @@ Layers, lowest first (docs/architecture.md):
     0 ground floor   errors, records, settings (+ settings_sources), observability, protocols, insights, version
     1 adapters       adapters.* (the pgvector store package, embedders, the Session-Buddy sink), migrations.*
     2 core           coordinator (+ outbox relay, backfill), ops.*, evaluation, demo, rag.* (repository ingestion)
-    3 entry points   cli.*, mcp.*, plugin, mahavishnu, testing.*, and the package root (the public API)
+    3 entry points   cli.*, mcp.*, plugin, mahavishnu, testing.*, integrations.* (LlamaIndex, LangChain), and the
+                     package root (the public API)
 A new module must be given a layer in ``LAYERS`` below: the test fails until it is.
 """
 
@@ -25,7 +26,7 @@ LAYERS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (0, ("errors", "records", "settings", "settings_sources", "observability", "protocols", "insights", "version")),
     (1, ("adapters", "migrations")),
     (2, ("coordinator", "outbox", "backfill", "ops", "evaluation", "demo", "rag")),
-    (3, ("cli", "mcp", "plugin", "mahavishnu", "testing")),
+    (3, ("cli", "mcp", "plugin", "mahavishnu", "testing", "integrations")),
 )
 LAYER_NAMES = {0: "ground floor", 1: "adapters", 2: "coordinator & ops", 3: "entry points"}
 

@@ -54,6 +54,8 @@ def ingest(
     project: Annotated[str, typer.Option(help="Tenant/project.")] = "default",
     suffix: Annotated[list[str] | None, typer.Option(
         "--suffix", help="A file type to cover, e.g. .py (repeatable; default: the built-in set).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", help="A .gitignore-style pattern to leave out, e.g. site-packages/ (repeatable).")] = None,
     max_file_bytes: Annotated[int, typer.Option(help="Skip larger files (counted).")] = 1_000_000,
     chunk_chars: Annotated[int, typer.Option(help="Largest chunk, in characters.")] = 2000,
     overlap: Annotated[int, typer.Option(help="Characters repeated between size-cut chunks.")] = 200,
@@ -66,7 +68,7 @@ def ingest(
     from oneiric_memory.rag import IngestOptions, check_ingest_arguments
 
     options = IngestOptions(**({"suffixes": [s if s.startswith(".") else f".{s}" for s in suffix]} if suffix else {}),
-                            max_file_bytes=max_file_bytes, max_chars=chunk_chars, overlap=overlap,
+                            exclude=list(exclude or ()), max_file_bytes=max_file_bytes, max_chars=chunk_chars, overlap=overlap,
                             batch_chunks=batch_chunks)
     check_ingest_arguments(path, repo_id, project, options, None)  # before anything opens
 

@@ -44,10 +44,11 @@ _MAX_ERRORS = 100
 
 @dataclass(frozen=True, slots=True)
 class IngestOptions:
-    """What a run covers and how it cuts: suffixes, the largest file read, chunk size and overlap (characters),
-    and how many chunks one write transaction carries."""
+    """What a run covers and how it cuts: suffixes, extra ``.gitignore``-style ``exclude`` patterns, the largest
+    file read, chunk size and overlap (characters), and how many chunks one write transaction carries."""
 
     suffixes: Sequence[str] = DEFAULT_SUFFIXES
+    exclude: Sequence[str] = ()
     max_file_bytes: int = 1_000_000
     max_chars: int = 2000
     overlap: int = 200
@@ -57,6 +58,9 @@ class IngestOptions:
         if isinstance(self.suffixes, str) or not self.suffixes \
                 or not all(isinstance(s, str) and s.startswith(".") and len(s) > 1 for s in self.suffixes):
             raise InvalidInput("suffixes must be a non-empty list like ['.py', '.md']", field="suffixes")
+        if isinstance(self.exclude, str) or not all(isinstance(p, str) and "\x00" not in p for p in self.exclude):
+            raise InvalidInput("exclude must be a list of .gitignore patterns like ['build/', '*.min.js']",
+                               field="exclude")
         for name, low in (("max_file_bytes", 1), ("max_chars", 200), ("batch_chunks", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -179,7 +183,8 @@ async def _run(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]],
     clock = time.perf_counter()
     walked = WalkCounts()
     files = await asyncio.to_thread(lambda: list(walk_repository(base, suffixes=opts.suffixes,
-                                                                 max_file_bytes=opts.max_file_bytes, counts=walked)))
+                                                                 max_file_bytes=opts.max_file_bytes,
+                                                                 exclude=opts.exclude, counts=walked)))
     timings["walk_s"] = round(time.perf_counter() - clock, 3)
     counts.update({"files_seen": len(files), **{k: v for k, v in walked.as_dict().items() if k != "covered"}})
 

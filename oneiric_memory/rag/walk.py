@@ -97,12 +97,15 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def walk_repository(root: Path, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES, max_file_bytes: int = 1_000_000,
-                    counts: WalkCounts | None = None) -> Iterator[RepoFile]:
-    """Yield the covered files under ``root`` in a stable (sorted) order, counting every file left out."""
+                    exclude: Sequence[str] = (), counts: WalkCounts | None = None) -> Iterator[RepoFile]:
+    """Yield the covered files under ``root`` in a stable (sorted) order, counting every file left out.
+
+    ``exclude`` holds extra ``.gitignore``-style patterns, applied as if in a root ``.gitignore`` read first.
+    """
     tally = counts if counts is not None else WalkCounts()
     wanted = {s.lower() for s in suffixes}
     ignores = _Ignores()
-    ignores.add("", _read_lines(root / ".git" / "info" / "exclude"))
+    ignores.add("", [*exclude, *_read_lines(root / ".git" / "info" / "exclude")])
     for current, dirs, files in os.walk(root, followlinks=False):
         here = Path(current)
         rel_dir = here.relative_to(root).as_posix()
