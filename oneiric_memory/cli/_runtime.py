@@ -45,6 +45,7 @@ __all__ = [
     "hits_table",
     "invalid",
     "open_memory",
+    "parse_ids",
     "open_store",
     "print_json",
     "progress",
@@ -263,3 +264,16 @@ def report_cli_error(exc: typer.TyperException) -> int:
     err_console.print(f"[bold red]error:[/] {_one_line(message)}", highlight=False, markup=True, soft_wrap=True,
                       emoji=False)
     return code
+
+
+def parse_ids(ids: list[str]) -> list[str]:
+    """Memory ids as the tables show them (UUIDs); a malformed one is invalid input."""
+    import uuid
+
+    for value in ids:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise invalid(f"{value[:64]!r} is not a memory id (a UUID, as `search` and `list` show)",
+                          field="id") from None
+    return ids

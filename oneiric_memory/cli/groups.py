@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from oneiric_memory.cli._runtime import console, hits_table, invalid, open_memory, print_json, run
+from oneiric_memory.cli._runtime import console, hits_table, invalid, open_memory, parse_ids, print_json, run
 
 __all__ = ["ORDER", "register"]
 
@@ -33,18 +33,6 @@ def _name(value: str, field: str = "group") -> str:
 
 def _names(values: list[str] | None, field: str) -> list[str]:
     return [_name(value, field) for value in values or ()]
-
-
-def _ids(ids: list[str]) -> list[str]:
-    import uuid
-
-    for value in ids:
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            raise invalid(f"{value[:64]!r} is not a memory id (a UUID, as `search` and `list` show)",
-                          field="id") from None
-    return ids
 
 
 def _group_dict(group: Any) -> dict[str, Any]:
@@ -162,7 +150,7 @@ def delete(name: Annotated[str, typer.Argument()],
 
 
 def _share(ids: list[str], projects: list[str] | None, groups: list[str] | None, add: bool, as_json: bool) -> None:
-    _ids(ids)
+    parse_ids(ids)
     targets, circles = _names(projects, "project"), _names(groups, "group")
     if add and not (targets or circles):
         raise invalid("name at least one --project or --group to share with", field="project")

@@ -21,6 +21,7 @@ from oneiric_memory.cli._runtime import (
     hits_table,
     invalid,
     open_memory,
+    parse_ids,
     print_json,
     run,
     settings,
@@ -307,19 +308,6 @@ def unified_search(
     result = run(work)
     sources = ", ".join(f"{name}={status.status}" for name, status in result.sources.items())
     print_hits(result.hits, as_json, f"unified search ({sources})")
-
-
-def parse_ids(ids: list[str]) -> list[str]:
-    """Memory ids as the tables show them (UUIDs); a malformed one is invalid input."""
-    import uuid
-
-    for value in ids:
-        try:
-            uuid.UUID(value)
-        except ValueError:
-            raise invalid(f"{value[:64]!r} is not a memory id (a UUID, as `search` and `list` show)",
-                          field="id") from None
-    return ids
 
 
 def memory_dict(memory: Any) -> dict[str, Any]:
