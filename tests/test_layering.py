@@ -3,7 +3,8 @@ across modules. Pure AST analysis of ``oneiric_memory/`` (nothing is imported, n
 
 Layers, lowest first (docs/architecture.md):
     0 ground floor   errors, records, settings (+ settings_sources), observability, protocols, insights, version
-    1 adapters       adapters.* (the pgvector store package, embedders, the Session-Buddy sink), migrations.*
+    1 adapters       adapters.* (the pgvector store package, embedders, the Session-Buddy sink, the catalog of
+                     adapter candidates), migrations.*
     2 core           coordinator (+ outbox relay, backfill), ops.*, evaluation, demo, rag.* (repository ingestion)
     3 entry points   cli.*, mcp.*, plugin, mahavishnu, testing.*, integrations.* (LlamaIndex, LangChain), and the
                      package root (the public API)
@@ -194,6 +195,8 @@ def test_the_cycle_finder_finds_a_cycle_and_ignores_a_chain() -> None:
 
 @pytest.mark.parametrize(("module", "layer"), [
     ("oneiric_memory.errors", 0), ("oneiric_memory.adapters.pgvector.store", 1), ("oneiric_memory.ops.maintenance", 2),
+    ("oneiric_memory.adapters.pgvector.search", 1), ("oneiric_memory.adapters.catalog", 1),
+    ("oneiric_memory.adapters.embedders.prefixed", 1), ("oneiric_memory.plugin", 3),
     ("oneiric_memory.coordinator", 2), ("oneiric_memory.cli", 3), ("oneiric_memory", 3), ("oneiric_memory.nowhere", None),
 ])
 def test_layers_are_assigned_by_the_first_name_under_the_package(module: str, layer: int | None) -> None:
@@ -206,3 +209,14 @@ def test_imports_are_read_from_the_real_sources() -> None:
     assert ("oneiric_memory.ops.maintenance", "oneiric_memory.adapters.pgvector") in targets
     typing = {(i.source, i.target) for i in found if i.typing_only}
     assert ("oneiric_memory.adapters.pgvector.gauges", "oneiric_memory.adapters.pgvector.store") in typing
+    # the store owns its search executor; the executor names the store for typing only (no cycle)
+    assert ("oneiric_memory.adapters.pgvector.store", "oneiric_memory.adapters.pgvector.search") in targets
+    assert ("oneiric_memory.adapters.pgvector.search", "oneiric_memory.adapters.pgvector.store") in typing
+
+
+def test_the_adapter_candidates_are_listed_once_and_both_registrations_read_that_list() -> None:
+    """adapters.catalog sits below the coordinator and the plugin, so both can read it (issue 11: one list)."""
+    readers = {i.source for i in all_imports()
+               if i.target == "oneiric_memory.adapters.catalog" and "ADAPTERS" in i.names}
+    assert {"oneiric_memory.coordinator", "oneiric_memory.plugin"} <= readers
+    assert layer_of("oneiric_memory.adapters.catalog") < min(layer_of(r) or 0 for r in readers)
