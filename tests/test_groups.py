@@ -309,3 +309,24 @@ async def test_a_share_racing_a_group_deletion_never_leaves_a_share_behind(
         await memory.create_group("flaky", ["tgt"])
         assert await memory.search(QUERY, acting_for="tgt", mode="text") == []
         assert await _copies(memory.store) == []
+
+
+async def test_a_target_that_remembers_a_shared_insight_itself_keeps_it_after_the_unshare(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path, sb_home: Path) -> None:
+    sb_file = tmp_path / "sb" / "reflection.duckdb"
+    copy_key = insight_id("tgt", INSIGHT)
+    async with open_memory(pg_data_dir, sb_file) as memory:
+        source = await memory.remember(conversation("Review.", INSIGHT), project="src")
+        await memory.share([source], projects=["tgt"])
+        await memory.relay.drain()
+        own = await memory.remember(conversation("Our own review.", INSIGHT), project="tgt")  # same insight text
+        change = await memory.unshare([source])
+        assert (change.memories, change.copies_withdrawn) == (1, 0)  # the row is tgt's own now
+        await memory.relay.drain()
+        assert await _copies(memory.store) == []
+        assert ("tgt", "session_buddy") in await _found(memory, acting_for="tgt")
+        assert await memory.forget([own]) == 1  # and tgt's own forget removes it, as for any own insight
+        await memory.relay.drain()
+        assert await _found(memory, acting_for="tgt") == []
+    found = await session_buddy_own_search(sb_file, [f"om:{copy_key}"])
+    assert found[f"om:{copy_key}"] == []

@@ -142,14 +142,21 @@ async def enqueue_insights(connection: asyncpg.Connection, names: SchemaNames, r
                             "memory_id": str(memory_id), "content": item.content,
                             "insight_type": item.insight_type, "topics": list(item.topics)})
     if payload:
+        outbox = names.table("insight_outbox")
         await connection.execute(
             f"INSERT INTO {names.table('insight_outbox')} (project, insight_id, memory_id, content, insight_type, "
             "topics) SELECT x.project, x.insight_id, x.memory_id, x.content, x.insight_type, "
             "ARRAY(SELECT jsonb_array_elements_text(x.topics)) "
             "FROM jsonb_to_recordset($1::text::jsonb) AS x(project text, insight_id text, memory_id uuid, "
             "content text, insight_type text, topics jsonb) ON CONFLICT (project, insight_id) DO UPDATE SET "
-            # remembered again while its tombstone waits: deliver it again instead of deleting it
-            "kind = 'deliver', memory_id = EXCLUDED.memory_id, content = EXCLUDED.content, "
-            "insight_type = EXCLUDED.insight_type, topics = EXCLUDED.topics, status = 'pending', attempts = 0, "
-            f"last_error = NULL, next_attempt_at = now() WHERE {names.table('insight_outbox')}.kind = 'delete'",
+            # remembered again while its tombstone waits: deliver it again instead of deleting it; or the project
+            # remembers an insight it so far held as a shared copy: the row becomes its own (an un-share of the
+            # original no longer withdraws it), delivered as it was
+            f"kind = 'deliver', memory_id = EXCLUDED.memory_id, source_project = NULL, content = EXCLUDED.content, "
+            f"insight_type = EXCLUDED.insight_type, topics = EXCLUDED.topics, "
+            f"status = CASE WHEN {outbox}.kind = 'delete' THEN 'pending' ELSE {outbox}.status END, "
+            f"attempts = CASE WHEN {outbox}.kind = 'delete' THEN 0 ELSE {outbox}.attempts END, "
+            f"last_error = CASE WHEN {outbox}.kind = 'delete' THEN NULL ELSE {outbox}.last_error END, "
+            f"next_attempt_at = CASE WHEN {outbox}.kind = 'delete' THEN now() ELSE {outbox}.next_attempt_at END "
+            f"WHERE {outbox}.kind = 'delete' OR {outbox}.source_project IS NOT NULL",
             json.dumps(payload))
