@@ -23,6 +23,7 @@ every schema it creates is dropped at the end. It writes the ``store`` section o
 
     uv run python benchmarks/bench_store.py                # 150,000 rows (about 10 minutes on 2 cores)
     uv run python benchmarks/bench_store.py --quick        # 20,000 rows, a smoke run (writes nothing)
+    uv run python benchmarks/bench_store.py --search-only  # 150,000 rows: load, ef_search 100 vs 200, text/hybrid
     uv run python benchmarks/bench_store.py --only-million # 1,000,000 halfvec rows (~30 minutes)
 """
 
@@ -632,7 +633,7 @@ async def run(bench: Bench) -> None:
     b.out("| Query | rows mean | p50 / p95 ms | CPU ms/query (server + client) |")
     b.out("|---|---:|---:|---:|")
     describe = {"text": "text (OR of the query's lexemes, BM25 in plain PostgreSQL, GIN)",
-                "hybrid": "hybrid (HNSW top-40 + GIN top-40, weighted RRF, one statement)",
+                "hybrid": "hybrid (HNSW top-40 + BM25 top-40, convex fusion, one statement)",
                 "hybrid, 10% filter": "hybrid with a 10% `project` filter"}
     for label, t in text_modes.items():
         b.out(f"| {describe[label]} | {statistics.mean(t.rows):.1f} | {ms(t.latencies_ms)} | {t.cpu} |")
@@ -664,6 +665,91 @@ async def run(bench: Bench) -> None:
     b.lines.extend(_interpretation(b, raw_rate, load_rate, build_s, vector, filtered, hybrid, qps))
 
 
+async def run_search_only(bench: Bench) -> None:
+    """Load + vector ``ef_search`` sweep + text / vector / hybrid side by side: the search figures, bounded.
+
+    Skips the raw COPY comparison, steady-state writes, filtered paths, concurrency and the baseline (the full
+    run measures those), so the search latencies at this size come out in roughly load + build + a minute.
+    """
+    b = bench
+    log(f"generating {b.rows:,} rows and {b.queries} queries (search only)")
+    corpus = make_corpus(b.rows)
+    queries = make_queries(b.queries)
+    load_before = load_average()
+    store = PgvectorMemoryStore(b.settings())
+    await store.init()
+    b.facts["postgres"] = await _server_facts(store)
+    try:
+        async with store.gate.acquire() as connection:
+            await connection.execute(f"TRUNCATE {store.table('memories')} CASCADE")
+        load_s, build_s, ids, _ = await load_store(store, corpus)
+        log(f"store load {len(corpus) / load_s:,.0f} rows/s, HNSW build {build_s:.1f} s")
+        await settle(store)
+        row_of = {memory_id: row for row, memory_id in enumerate(ids)}
+        truth = ExactSearch(corpus.vectors).top_k(queries.vectors, K)
+        searcher = Searcher(store, row_of)
+        await searcher.vector(queries.vectors[: min(50, b.queries)], None)  # warm-up
+        default_ef = store.settings.search.ef_search
+        uptime_at = {"vector": load_average()}
+        sweep: dict[int, Timed] = {}
+        for _ in range(2):  # interleaved twice: both settings meet the same machine, one after the other
+            for ef in (100, 200):
+                t = await searcher.vector(queries.vectors, truth, ef_search=ef)
+                prior = sweep.get(ef)
+                sweep[ef] = t if prior is None else Timed(prior.latencies_ms + t.latencies_ms,
+                                                          prior.recalls + t.recalls, prior.rows + t.rows,
+                                                          prior.paths + t.paths, f"{prior.cpu}; {t.cpu}")
+        uptime_at["modes"] = load_average()
+        modes: dict[str, Timed] = {}
+        for label, mode, with_filter in (("vector", "vector", False), ("text", "text", False),
+                                         ("hybrid", "hybrid", False), ("vector, 10% filter", "vector", True),
+                                         ("hybrid, 10% filter", "hybrid", True)):
+            t = Timed()
+            meter = CpuMeter(store)
+            await meter.start()
+            for i in range(b.queries):
+                flt = SearchFilters(projects=[SyntheticCorpus.project_name(i % PROJECTS)]) if with_filter else None
+                latency, hits = await timed(lambda i=i, mode=mode, flt=flt: store.search(  # type: ignore[misc]
+                    query_text=queries.texts[i], mode=mode, limit=K, filters=flt,
+                    query_embedding=None if mode == "text" else queries.vectors[i].tolist()))
+                t.latencies_ms.append(latency)
+                t.rows.append(len(hits))
+            t.cpu = await meter.per_query(b.queries)
+            modes[label] = t
+    finally:
+        store.search_probe = None
+        with contextlib.suppress(Exception):
+            await drop_schemas(store, SCHEMA)
+        await store.cleanup()
+    b.out("## Store search at size: `ef_search` 100 vs 200, text / vector / hybrid (`bench_store.py --search-only`)")
+    b.out("")
+    b.out(f"- Command: `{command_line()}`")
+    b.out(f"- Machine: {machine_line()}; load average (1 min) before / at the sweep / at the modes / after: "
+          f"{load_before} / {uptime_at['vector']} / {uptime_at['modes']} / {load_average()}")
+    b.out(f"- Run at: {run_at()}; {b.rows:,} rows of synthetic 768-d data (`synthetic_data.py`), HNSW m=16, "
+          f"ef_construction=64, default `ef_search = {default_ef}`; {b.queries} queries (two topic words each for "
+          f"text), top-{K}, one client; VACUUM ANALYZE after the load (IDF statistics). Load {len(corpus) / load_s:,.0f} "
+          f"rows/s, HNSW build {build_s:.0f} s.")
+    b.out(f"- Server: {b.facts['postgres']}")
+    b.out("")
+    b.out("| `ef_search` | recall@20 | p50 / p95 ms | CPU ms/query (server + client), two interleaved passes |")
+    b.out("|---:|---:|---:|---:|")
+    for ef, t in sweep.items():
+        mark = " (default)" if ef == default_ef else ""
+        b.out(f"| {ef}{mark} | {statistics.mean(t.recalls):.4f} | {ms(t.latencies_ms)} | {t.cpu} |")
+    b.out("")
+    b.out("| Mode (same run, one after the other) | rows mean | p50 / p95 ms | CPU ms/query (server + client) |")
+    b.out("|---|---:|---:|---:|")
+    for label, t in modes.items():
+        b.out(f"| {label} | {statistics.mean(t.rows):.1f} | {ms(t.latencies_ms)} | {t.cpu} |")
+    v, h = modes["vector"].latencies_ms, modes["hybrid"].latencies_ms
+    ok = "met" if pct(h, 95) <= 20 else "NOT met"
+    b.out("")
+    b.out(f"Hybrid p95 <= 20 ms at {b.rows:,} rows (issue 15): **{ok}** ({pct(h, 95):.1f} ms; hybrid / vector-only "
+          f"p50 {pct(h, 50) / pct(v, 50):.2f}x, p95 {pct(h, 95) / pct(v, 95):.2f}x in the same run).")
+    b.out("")
+
+
 def _interpretation(b: Bench, raw_rate: float, load_rate: float, build_s: float, vector: Timed,
                     filtered: dict[tuple[str, str], Timed], hybrid: list[float],
                     qps: dict[int, tuple[float, list[float], int]]) -> list[str]:
@@ -686,8 +772,8 @@ def _interpretation(b: Bench, raw_rate: float, load_rate: float, build_s: float,
               else "not met")
         out.append(f"- Filtered {label}: always {K} rows, recall >= 0.95, p95 <= 50 ms: **{ok}** (min rows "
                    f"{min(t.rows)}, recall {statistics.mean(t.recalls):.3f}, p95 {pct(t.latencies_ms, 95):.1f} ms).")
-    ok = "met" if pct(hybrid, 95) <= 15 else "not met"
-    out.append(f"- Hybrid p95 <= 15 ms: **{ok}** ({pct(hybrid, 95):.1f} ms).")
+    ok = "met" if pct(hybrid, 95) <= 20 else "not met"
+    out.append(f"- Hybrid p95 <= 20 ms (issue 15): **{ok}** ({pct(hybrid, 95):.1f} ms).")
     out.append(f"- Concurrency: {qps[1][0]:,.0f} QPS with 1 client, {qps[8][0]:,.0f} with 8, {qps[32][0]:,.0f} with 32, "
                "never a pool error. Two cores: beyond ~2-4 queries in flight more clients only queue, and a "
                "search costs about as much client CPU (Python, the driver, four round trips: BEGIN + knobs, the "
@@ -1002,6 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--million", action="store_true", help="also run 1,000,000 halfvec rows (section store-1m)")
     parser.add_argument("--only-million", action="store_true", help="run only the 1,000,000-row part")
     parser.add_argument("--no-baseline", action="store_true", help="skip Oneiric's PgvectorAdapter")
+    parser.add_argument("--search-only", action="store_true",
+                        help="load, ef_search 100 vs 200, text / vector / hybrid side by side (section store-search)")
     parser.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder (default: the cache folder)")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
@@ -1009,7 +1097,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(rows=rows, queries=100 if args.quick else 200, steady_rows=500 if args.quick else 2000,
                   duration_s=3.0 if args.quick else 8.0, baseline=not args.no_baseline, data_dir=args.data_dir)
     bench.facts["million"] = args.million or args.only_million
-    if not args.only_million:
+    if args.search_only:
+        asyncio.run(run_search_only(bench))
+        section = "\n".join(bench.lines)
+        print(section)
+        if not (args.no_write or args.quick):
+            write_section("store-search", section)
+    elif not args.only_million:
         asyncio.run(run(bench))
         section = "\n".join(bench.lines)
         print(section)
