@@ -258,8 +258,9 @@ class SearchSettings(_Section):
     text_weight: float = Field(default=1.0, ge=0)
     branch_candidates: int = Field(default=40, ge=1, le=1000)
     lexical_candidates: int = Field(
-        default=2000, ge=1, le=100_000, description="most rows the lexical branch scores per query: it admits rows "
-        "through the query's rarest terms first, so words found everywhere cannot make a search slow")
+        default=2000, ge=1, le=100_000, description="most rows the lexical branch considers per query: it admits "
+        "rows through the query's rarest terms first, so words found everywhere cannot make a search slow; each "
+        "gets a BM25 score at tf = 1 and the best 2 x the branch's rows are rescored with their term frequencies")
     unified_timeout_s: float = Field(default=2.0, gt=0)
 
 

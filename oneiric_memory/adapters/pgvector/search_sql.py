@@ -9,7 +9,10 @@ Why the statements look the way they do (measured, see ``docs/benchmarks.md`` an
   candidates on ``distance + 0`` because relaxed order may be slightly out of order;
 * the exact branch computes the distance once in a fenced subquery (``OFFSET 0``) and sorts on
   ``distance + 0``, which no index can provide: a complete answer through the B-tree filter indexes;
-* hybrid fuses the two materialized branches with weighted reciprocal-rank fusion in one statement.
+* hybrid fuses the two materialized branches in one statement (convex fusion of min-max normalised scores by
+  default, weighted reciprocal ranks as the alternative);
+* the lexical branch gets only the query's own lexemes and their IDF as bind values (the client keeps the
+  statistics), and scores every candidate with C-level ``@@`` tests before an exact rescoring of the best few.
 """
 
 from __future__ import annotations
