@@ -62,6 +62,16 @@ def pg_server(pg_data_dir: Path) -> Iterator[EmbeddedConnectInfo]:
     asyncio.run(server.stop())
 
 
+@pytest.fixture(scope="module")
+def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME at a folder that does not exist, for a test module that starts Session-Buddy in process: its
+    start-up skips its slow extension downloads."""
+    home = tmp_path_factory.mktemp("sb-home") / "absent"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(home))
+        yield home
+
+
 @pytest.fixture
 def settings(pg_server: EmbeddedConnectInfo, pg_data_dir: Path) -> MemorySettings:
     return make_settings(pg_data_dir)

@@ -44,15 +44,6 @@ INSIGHT_POOL = ("Always release the DuckDB file after a batch so that Session-Bu
 INSIGHT_HNSW = ("Filtered vector search needs iterative HNSW scans, otherwise pgvector under-returns rows.")
 
 
-@pytest.fixture(scope="module")
-def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """HOME at a folder that does not exist: Session-Buddy's start-up skips its slow extension downloads."""
-    home = tmp_path_factory.mktemp("sb-home") / "absent"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(home))
-        yield home
-
-
 @pytest.fixture
 def fake_ollama() -> Iterator[FakeOllama]:
     with FakeOllama(dimension=768, models=("nomic-embed-text",)) as fake:

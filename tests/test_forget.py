@@ -7,7 +7,7 @@ Session-Buddy can be changed again. Afterwards no search, unified or not, return
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,6 @@ pytestmark = pytest.mark.asyncio
 SECRET = "The staging cluster password rotates every Tuesday at noon, so never cache it."
 KEPT = "Connection pools should be sized per core of the server, not per client."
 QUERY = "staging cluster password rotates Tuesday"
-
-
-@pytest.fixture(scope="module")
-def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """HOME at a folder that does not exist: Session-Buddy's start-up skips its slow extension downloads."""
-    home = tmp_path_factory.mktemp("sb-home") / "absent"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(home))
-        yield home
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ my groups, nothing else"; un-sharing and forgetting reach Session-Buddy's own se
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.asyncio
 INSIGHT = "Retry idempotent writes with jittered backoff, never the whole batch at once."
 OTHER = "Outsiders keep their own notes about quarterly budget spreadsheets."
 QUERY = "jittered backoff idempotent writes"
-
-
-@pytest.fixture(scope="module")
-def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """HOME at a folder that does not exist: Session-Buddy's start-up skips its slow extension downloads."""
-    home = tmp_path_factory.mktemp("sb-home") / "absent"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(home))
-        yield home
 
 
 @asynccontextmanager

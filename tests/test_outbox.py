@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,6 @@ from tests.otel_fixtures import OtelCapture, install
 from tests.support import make_settings
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def sb_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """HOME at a folder that does not exist: Session-Buddy's start-up skips its slow extension downloads."""
-    home = tmp_path_factory.mktemp("sb-home") / "absent"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", str(home))
-        yield home
 
 
 class Unbatched:
