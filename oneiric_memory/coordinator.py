@@ -66,7 +66,7 @@ from oneiric_memory.version import __version__
 if TYPE_CHECKING:  # mcp_common pulls in fastmcp (seconds per process): imported where a health is built
     from mcp_common.health import ComponentHealth, HealthCheckResponse, HealthStatus
 
-__all__ = ["SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
+__all__ = ["ShareChange", "SourceStatus", "UnifiedMemory", "UnifiedSearchResult", "unified_memory_factory"]
 
 DOMAIN = "adapter"
 
