@@ -12,9 +12,16 @@ relevant (binary gain). Malformed evidence ids (``'D8:6; D9:17'``, ``'D:11:26'``
 normalised and ids that do not exist in the conversation are dropped. Identical turns inside one
 conversation are stored once (the store deduplicates); a hit stands for every turn with that text.
 
-Embedders: the hashing embedder (offline) and bge-small-en (384-d ONNX, CLS pooling + L2 norm) fetched by
-``../shared/tools/fetch-bge-small``, run in-process with onnxruntime + tokenizers (dev dependencies).
-Its vectors are cached under the cache folder, so repeated runs only pay for the searches.
+Embedders (``--embedders``, all three by default), each built the project's one way (``benchmarks/model_runs.py``):
+
+* ``local``: bge-small-en (384-d ONNX, CLS pooling + L2 norm) fetched by ``../shared/tools/fetch-bge-small``,
+  through the project's ``provider: local`` embedder (``embedder.model_path``), in this process;
+* ``openai``: the same model served behind the shipped loopback fake's ``/v1/embeddings``, through the project's
+  ``provider: openai`` embedder (the HTTP client layer for real);
+* ``hashing``: the offline lexical embedder.
+
+Vectors are cached per model_id under ``<cache>/locomo-embeddings`` (``--no-cache`` to ignore it), so repeated
+runs only pay for the searches; each section says how many texts the model embedded in that run.
 
 ``--sweep`` also fetches each branch's top 100 per question (with scores) and grid-searches the fusion
 offline (convex vs RRF and its k, the text weight, per-branch candidate counts), printing the best
@@ -27,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import math
 import re
@@ -39,14 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from markdown_report import ROOT, command_line, load_average, machine_line, run_at, write_section
+from model_runs import CachedEmbedder, agreement, hashing_embedder, local_bge, served_bge
 
-from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.records import MemoryRecord, SearchFilters, SearchMode
@@ -60,8 +63,6 @@ TOP = 20
 SWEEP_DEPTH = 100
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
-
-F32 = npt.NDArray[np.float32]
 
 
 def log(message: str) -> None:
@@ -122,73 +123,6 @@ def load_locomo(path: Path) -> tuple[list[Conversation], dict[str, int]]:
 
 
 # --- the real model ---------------------------------------------------------------------------------
-
-
-class BgeSmallOnnx:
-    """bge-small-en through onnxruntime: CLS pooling then L2 norm; vectors cached on disk by text.
-
-    A benchmark-only stand-in for the project's local embedder (it satisfies the ``Embedder`` protocol
-    as far as the store and this script need).
-    """
-
-    def __init__(self, folder: Path, cache: Path, *, query_instruction: str = "") -> None:
-        import onnxruntime as ort  # dev dependency: imported only when the real model runs
-        from tokenizers import Tokenizer
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self._session.get_inputs()}
-        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self._tokenizer.enable_truncation(512)
-        self._tokenizer.enable_padding()
-        self._query_instruction = query_instruction
-        digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()[:16]
-        self._cache_path = cache / f"bge-small-en-{digest}.npz"
-        self._cache: dict[str, F32] = {}
-        if self._cache_path.is_file():
-            with np.load(self._cache_path) as stored:
-                self._cache = dict(zip([str(k) for k in stored["keys"]], stored["vectors"], strict=True))
-        self._dirty = False
-
-    model_id = "onnx:bge-small-en"
-    dimension = 384
-
-    def _run(self, texts: list[str]) -> F32:
-        encodings = self._tokenizer.encode_batch(texts)
-        feeds = {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                 "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                 "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64)}
-        hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
-        cls = np.asarray(hidden[:, 0, :], dtype=np.float32)
-        return cls / np.maximum(np.linalg.norm(cls, axis=1, keepdims=True), 1e-12)
-
-    def embed_sync(self, texts: Sequence[str]) -> F32:
-        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._cache}.items(),
-                         key=lambda kv: len(kv[1]))  # similar lengths batch with little padding
-        for start in range(0, len(missing), 32):
-            batch = missing[start:start + 32]
-            for (key, _), vector in zip(batch, self._run([t for _, t in batch]), strict=True):
-                self._cache[key] = vector
-            self._dirty = True
-        return np.stack([self._cache[k] for k in keys])
-
-    async def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        return (await asyncio.to_thread(self.embed_sync, list(texts))).tolist()
-
-    async def embed_query(self, text: str) -> list[float]:
-        return (await asyncio.to_thread(self.embed_sync, [self._query_instruction + text]))[0].tolist()
-
-    def save(self) -> None:
-        if self._dirty:
-            self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-            keys = list(self._cache)
-            tmp = self._cache_path.with_suffix(".tmp.npz")
-            np.savez(tmp, keys=np.array(keys), vectors=np.stack([self._cache[k] for k in keys]))
-            tmp.replace(self._cache_path)
-            self._dirty = False
 
 
 def bge_folder(fetch: Path) -> Path | None:
@@ -391,6 +325,7 @@ class EmbedderRun:
     load_s: float
     facts: dict[str, Any]
     sweep: list[tuple[float, float, str]] = field(default_factory=list)
+    embedded: str = ""
 
 
 async def evaluate(title: str, embedder: Any, schema: str, provider: str, conversations: Sequence[Conversation],
@@ -403,8 +338,7 @@ async def evaluate(title: str, embedder: Any, schema: str, provider: str, conver
         questions = [q for c in conversations for q in c.questions]
         embeddings = {q.qid: await embedder.embed_query(q.text) for q in questions}
         load_s = time.perf_counter() - started
-        if hasattr(embedder, "save"):
-            embedder.save()
+        embedder.save()
         log(f"{title}: loaded and embedded in {load_s:.1f} s")
         for q in questions[:50]:  # warm the connections, the plan cache and the shared buffers
             await store.search(query_text=q.text, query_embedding=embeddings[q.qid], mode="hybrid",
@@ -471,7 +405,7 @@ def render(runs: Sequence[EmbedderRun], conversations: Sequence[Conversation], d
         lines += [f"### {run.title}", "",
                   f"`{run.model_id}` ({run.dimension} dimensions); PostgreSQL {run.facts['server_version']}, pgvector "
                   f"{run.facts['pgvector']}, BM25 extension: {run.facts['bm25'] or 'none (plain-PostgreSQL BM25)'}; "
-                  f"{run.facts['rows']} stored rows.", "",
+                  f"{run.facts['rows']} stored rows. Vectors: {run.embedded}.", "",
                   "| Mode | nDCG@10 | R@5 | R@10 | R@20 | " + " | ".join(
                       f"{name} R@10 / nDCG@10" for name in CATEGORIES.values()) + " | p50 ms | p95 ms |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -485,7 +419,7 @@ def render(runs: Sequence[EmbedderRun], conversations: Sequence[Conversation], d
             lines += ["", f"Hybrid vs vector-only: nDCG@10 {h.ndcg - v.ndcg:+.3f}, R@10 {h.r10 - v.r10:+.3f}; "
                       f"p50 {h.p50_ms / v.p50_ms:.2f}x, p95 {h.p95_ms / v.p95_ms:.2f}x of vector-only's in the same run "
                       "(compare ratios: the machine is shared)."]
-        if "hybrid" in by_label and run.model_id.startswith("onnx:bge"):
+        if "hybrid" in by_label and "bge" in run.model_id:
             h = by_label["hybrid"]
             lines.append(f"Issue 15 targets (bge-small, default mode): nDCG@10 {h.ndcg:.3f} (>= 0.52: "
                          f"{'met' if h.ndcg >= 0.52 else 'NOT met'}), R@10 {h.r10:.3f} (>= 0.67: "
@@ -511,21 +445,44 @@ async def main_async(args: argparse.Namespace) -> int:
     configs = [Config(mode) for mode in args.modes]
     loads = [load_average()]
     runs: list[EmbedderRun] = []
-    cache = (args.cache or default_cache_dir()) / "locomo-embeddings"
-    if "bge" in args.embedders:
+    cache = None if args.no_cache else (args.cache or default_cache_dir()) / "locomo-embeddings"
+    prefix = BGE_QUERY_INSTRUCTION if args.instruction else ""
+
+    async def run(title: str, inner: Any, schema: str, query_prefix: str = "", *, cached: bool = True
+                  ) -> CachedEmbedder:
+        embedder = CachedEmbedder(inner, cache if cached else None, query_prefix=query_prefix)
+        result = await evaluate(title, embedder, schema, "hashing", conversations, configs, args.data_dir, args.sweep)
+        result.embedded = embedder.summary()
+        log(f"{title}: {result.embedded}")
+        runs.append(result)
+        return embedder
+
+    if {"local", "openai"} & set(args.embedders):
         folder = bge_folder(args.fetch_model)
         if folder is None:
-            log("bge-small-en could not be fetched: the real-model run is skipped")
+            log("bge-small-en could not be fetched: the real-model runs are skipped")
         else:
-            embedder = BgeSmallOnnx(folder, cache, query_instruction=BGE_QUERY_INSTRUCTION if args.instruction
-                                    else "")
-            runs.append(await evaluate("bge-small-en (real model, ONNX in-process)", embedder, "om_locomo_bge",
-                                       "hashing", conversations, configs, args.data_dir, args.sweep))
+            local = await local_bge(folder)
+            in_process: CachedEmbedder | None = None
+            try:
+                if "local" in args.embedders:
+                    in_process = await run("bge-small-en through `provider: local` (ONNX in this process)", local,
+                                           "om_locomo_local", prefix)
+                if "openai" in args.embedders:
+                    async with served_bge(local) as (client, _server):
+                        served = await run("bge-small-en through `provider: openai` (the same model behind the "
+                                           "loopback fake's /v1/embeddings)", client, "om_locomo_openai", prefix)
+                    if in_process is not None:
+                        runs[-1].embedded += f"; against `provider: local`'s vectors: {agreement(in_process, served)}"
+                        log(runs[-1].embedded)
+            finally:
+                await local.cleanup()
     if "hashing" in args.embedders:
-        hashing = HashingEmbedder(load_settings({"embedder": {"provider": "hashing"}}))
-        await hashing.init()
-        runs.append(await evaluate("Hashing embedder (offline)", hashing, "om_locomo_hashing", "hashing",
-                                   conversations, configs, args.data_dir, args.sweep))
+        hashing = await hashing_embedder()
+        try:
+            await run("Hashing embedder (offline)", hashing, "om_locomo_hashing", cached=False)
+        finally:
+            await hashing.cleanup()
     loads.append(load_average())
     section = render(runs, conversations, dropped, loads)
     print(section)
@@ -539,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DATA, help="locomo-dev.json (default ../shared/data/locomo)")
     parser.add_argument("--fetch-model", type=Path, default=FETCH_MODEL,
                         help="the fetch-bge-small script (default ../shared/tools/fetch-bge-small)")
-    parser.add_argument("--embedders", nargs="+", default=["bge", "hashing"], choices=["bge", "hashing"])
+    parser.add_argument("--embedders", nargs="+", default=["local", "openai", "hashing"],
+                        choices=["local", "openai", "hashing"],
+                        help="local = bge-small-en in process (provider: local); openai = the same model served on "
+                             "loopback /v1 (provider: openai); hashing = the offline embedder")
     parser.add_argument("--modes", nargs="+", default=["vector", "text", "hybrid"],
                         choices=["vector", "text", "hybrid"])
     parser.add_argument("--conversations", nargs="*", help="only these sample ids")
@@ -548,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="prefix bge queries with BGE's retrieval instruction (measured slightly worse here)")
     parser.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder (default: the cache folder)")
     parser.add_argument("--cache", type=Path, help="cache folder for the model's vectors (default: the cache folder)")
+    parser.add_argument("--no-cache", action="store_true", help="embed every text with each model in this run")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     return asyncio.run(main_async(parser.parse_args(argv)))
 

@@ -35,7 +35,7 @@ from oneiric_memory.protocols import Embedder
 from oneiric_memory.settings import load_settings
 from oneiric_memory.testing.fake_ollama import FakeOllama
 
-__all__ = ["BGE_DIMENSION", "CachedEmbedder", "hashing_embedder", "local_bge", "served_bge"]
+__all__ = ["BGE_DIMENSION", "CachedEmbedder", "agreement", "hashing_embedder", "local_bge", "served_bge"]
 
 BGE_DIMENSION = 384
 SERVED_MODEL = "bge-small-en"
@@ -45,8 +45,15 @@ _CHUNK = 256  # texts per embed call: the cache is saved after each, so a stoppe
 class CachedEmbedder:
     """An :class:`Embedder` whose vectors are kept on disk by text; counts what the model itself computed."""
 
-    def __init__(self, inner: Embedder, folder: Path | None) -> None:
+    def __init__(self, inner: Embedder, folder: Path | None, *, query_prefix: str = "",
+                 borrow_from: CachedEmbedder | None = None) -> None:
         self.inner = inner
+        # Documents another embedder already computed are taken from it instead of embedded (counted in
+        # ``borrowed``): how the OpenAI path reuses the local model's document vectors when only a sample of the
+        # documents is sent over HTTP (the same model; agreement() measures how same).
+        self.borrow_from = borrow_from
+        self.borrowed = 0
+        self.query_prefix = query_prefix  # e.g. BGE's retrieval instruction; part of the cached text
         self._path = (folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', inner.model_id)}.npz") if folder else None
         self._vectors: dict[str, list[float]] = {}
         if self._path is not None and self._path.is_file():
@@ -74,6 +81,14 @@ class CachedEmbedder:
         keys = [self.key("d", t) for t in texts]
         missing = list({k: t for k, t in zip(keys, texts, strict=True) if k not in self._vectors}.items())
         self.from_cache += len(texts) - len(missing)
+        if self.borrow_from is not None:
+            lender = self.borrow_from.cached
+            borrowed = {k: lender[k] for k, _ in missing if k in lender}
+            self.borrowed += len(borrowed)
+            missing = [(k, t) for k, t in missing if k not in borrowed]
+            keys_vectors = {**self._vectors, **borrowed}
+        else:
+            keys_vectors = self._vectors
         for start in range(0, len(missing), _CHUNK):
             chunk = missing[start:start + _CHUNK]
             wall, cpu = time.perf_counter(), time.process_time()
@@ -85,13 +100,19 @@ class CachedEmbedder:
                 self._vectors[key] = vector
             self._dirty = True
             self.save()
-        return [self._vectors[k] for k in keys]
+        keys_vectors.update(self._vectors)
+        return [keys_vectors[k] for k in keys]
+
+    @property
+    def cached(self) -> dict[str, list[float]]:
+        """Every vector this embedder holds, by :meth:`key` (borrowed ones are not kept)."""
+        return self._vectors
 
     async def embed_query(self, text: str) -> list[float]:
-        key = self.key("q", text)
+        key = self.key("q", self.query_prefix + text)
         if key not in self._vectors:
             wall, cpu = time.perf_counter(), time.process_time()
-            self._vectors[key] = await self.inner.embed_query(text)
+            self._vectors[key] = await self.inner.embed_query(self.query_prefix + text)
             self.wall_s += time.perf_counter() - wall
             self.cpu_s += time.process_time() - cpu
             self.embedded += 1
@@ -112,8 +133,10 @@ class CachedEmbedder:
 
     def summary(self) -> str:
         rate = f", {self.embedded / self.wall_s:.1f} texts/s" if self.wall_s > 0 and self.embedded else ""
+        borrowed = (f", {self.borrowed} document vectors taken from `{self.borrow_from.model_id}`"
+                    if self.borrow_from is not None else "")
         return (f"{self.embedded} texts embedded by the model in this run ({self.wall_s:.1f} s wall, "
-                f"{self.cpu_s:.1f} s CPU of this process{rate}), {self.from_cache} taken from the cache")
+                f"{self.cpu_s:.1f} s CPU of this process{rate}), {self.from_cache} taken from the cache{borrowed}")
 
     # the rest of the Embedder protocol goes to the real embedder
     async def init(self) -> None:
@@ -128,6 +151,23 @@ class CachedEmbedder:
     async def cleanup(self) -> None:
         self.save()
         await self.inner.cleanup()
+
+
+def agreement(a: CachedEmbedder, b: CachedEmbedder) -> str:
+    """How close two embedders' vectors are for the texts both embedded: count, mean and minimum cosine.
+
+    The bge-small test model is dynamically int8-quantised: activation scales are computed per batch, so a text's
+    vector moves slightly with its batch-mates, and the HTTP path batches differently from the in-process call.
+    """
+    shared = sorted(a.cached.keys() & b.cached.keys())
+    if not shared:
+        return "no text was embedded by both"
+    x = np.asarray([a.cached[k] for k in shared], dtype=np.float64)
+    y = np.asarray([b.cached[k] for k in shared], dtype=np.float64)
+    cos = (x * y).sum(axis=1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+    identical = int(np.sum(np.all(np.abs(x - y) < 1e-6, axis=1)))
+    return (f"{len(shared)} texts embedded by both: cosine mean {cos.mean():.5f}, min {cos.min():.5f}, "
+            f"{identical} identical to 1e-6")
 
 
 async def hashing_embedder(dimension: int | None = None) -> Embedder:
