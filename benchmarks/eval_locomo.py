@@ -212,8 +212,11 @@ async def load_conversations(store: PgvectorMemoryStore, embedder: Any, conversa
                                 embedding_model=embedder.model_id)
                    for text, vector in zip(contents, vectors, strict=True)]
         await store.upsert_many(records)
-    async with store.gate.acquire() as connection:  # the lexical statistics come from ANALYZE
-        await connection.execute(f"ANALYZE {store.table('memories')}")
+    # VACUUM ANALYZE, not ANALYZE: the lexical statistics come from ANALYZE, and VACUUM also empties the GIN pending
+    # list a fresh load leaves behind, which every text query would scan until autovacuum runs (measured by
+    # `lexical`: +0.9 ms per text query); otherwise which state a run measures is a race with autovacuum.
+    async with store.gate.acquire() as connection:
+        await connection.execute(f"VACUUM ANALYZE {store.table('memories')}")
     return ids_by_text
 
 
