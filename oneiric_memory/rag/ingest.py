@@ -241,6 +241,7 @@ async def _run(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]],
     counts.setdefault("files_failed", 0)
     counts["chunks_added"] = 0
     counts["chunks_pending"] = 0
+    counts["chunks_reused"] = 0
     timings["embed_s"] = timings["write_s"] = 0.0
     notify("files", 0, len(prepared))
     notify("chunks", 0, total_chunks)
@@ -249,6 +250,7 @@ async def _run(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]],
     for batch in _batches(prepared, opts.batch_chunks):
         records = [r for f in batch for r in f.records]
         clock = time.perf_counter()
+        counts["chunks_reused"] += await _reuse_vectors(store, report, [f for f in batch if f.path in indexed])
         await embed(records)
         timings["embed_s"] += time.perf_counter() - clock
         clock = time.perf_counter()
@@ -263,6 +265,22 @@ async def _run(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]],
     timings["embed_s"] = round(timings["embed_s"], 3)
     timings["write_s"] = round(timings["write_s"], 3)
     counts["chunks_total"] = counts["chunks_unchanged"] + counts["chunks_moved"] + counts["chunks_added"]
+
+
+async def _reuse_vectors(store: PgvectorMemoryStore, report: IngestReport, changed: Sequence[FileChunks]) -> int:
+    """Give a changed file's unchanged chunks their stored vectors; returns how many were reused."""
+    model = store.embedding_model
+    if not changed or model is None:
+        return 0
+    vectors = await store.rag.reusable_vectors(report.project, report.repo_id, [f.path for f in changed], model)
+    reused = 0
+    for file in changed:
+        for record in file.records:
+            vector = vectors.get(record.content_hash)
+            if vector is not None:
+                record.embedding, record.embedding_model = vector, model
+                reused += 1
+    return reused
 
 
 def _batches(files: Sequence[FileChunks], size: int) -> list[list[FileChunks]]:

@@ -98,6 +98,23 @@ async def test_rerun_is_incremental(settings: MemorySettings, tmp_path: Path) ->
         assert c["chunks_total"] == len(rows)
 
 
+async def test_a_changed_file_reembeds_only_its_changed_chunks(settings: MemorySettings, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    async with UnifiedMemory.open(settings, background=False) as memory:
+        await memory.ingest_repository(repo, "demo", options=OPTIONS)
+        before = {r["metadata"]["symbol"]: r["embedding"] for r in await chunk_rows(memory.store, "demo")
+                  if r["metadata"]["path"] == "pkg/mod.py"}
+        source = (repo / "pkg" / "mod.py").read_text(encoding="utf-8")
+        (repo / "pkg" / "mod.py").write_text(source.replace("return x + 1", "return x + 2"), encoding="utf-8")
+        report = await memory.ingest_repository(repo, "demo", options=OPTIONS)
+        after = {r["metadata"]["symbol"]: r["embedding"] for r in await chunk_rows(memory.store, "demo")
+                 if r["metadata"]["path"] == "pkg/mod.py"}
+    assert report.counts["files_changed"] == 1
+    assert report.counts["chunks_reused"] == len(before) - 1
+    assert before.keys() == after.keys()
+    assert {k for k in before if before[k] != after[k]} == {"top"}
+
+
 async def test_forgotten_chunks_are_restored_by_the_next_run(settings: MemorySettings, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     async with UnifiedMemory.open(settings, background=False) as memory:

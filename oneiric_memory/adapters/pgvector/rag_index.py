@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from oneiric_memory.adapters.pgvector.connection import run_with_retries
 from oneiric_memory.adapters.pgvector.writes import staging_rows, upsert_batch
-from oneiric_memory.records import MemoryRecord
+from oneiric_memory.records import MemoryRecord, content_hash
 
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector.store import PgvectorMemoryStore
@@ -120,6 +120,24 @@ class RagIndex:
                     for r in rows}
 
         return await run_with_retries(self._store.settings.postgres, "reading indexed files", run)
+
+    async def reusable_vectors(self, project: str, repo_id: str, paths: Sequence[str],
+                               model: str) -> dict[str, list[float]]:
+        """The stored vectors (of ``model``) of these files' current chunks, by content hash: a changed file's
+        chunks whose text did not change are not embedded again."""
+        if not paths:
+            return {}
+
+        async def run() -> list[Any]:
+            async with self._store.gate.acquire() as connection:
+                return list(await connection.fetch(
+                    f"SELECT m.content, m.embedding FROM {self._files} f, unnest(f.chunk_ids) AS c(id) "
+                    f"JOIN {self._memories} m ON m.id = c.id WHERE f.project = $1 AND f.repo_id = $2 "
+                    "AND f.path = ANY($3::text[]) AND m.project = $1 AND m.embedding IS NOT NULL "
+                    "AND m.embedding_model = $4", project, repo_id, list(paths), model))
+
+        rows = await run_with_retries(self._store.settings.postgres, "reading reusable vectors", run)
+        return {content_hash(row["content"]): [float(x) for x in row["embedding"].to_list()] for row in rows}
 
     async def write_files(self, project: str, repo_id: str, ingestion_id: uuid.UUID,
                           files: Sequence[FileChunks]) -> int:
