@@ -676,7 +676,8 @@ async def run_search_only(bench: Bench) -> None:
     corpus = make_corpus(b.rows)
     queries = make_queries(b.queries)
     load_before = load_average()
-    store = PgvectorMemoryStore(b.settings())
+    # no statement timeout: on a busy shared machine one 1,000-row batch can exceed the default 30 s
+    store = PgvectorMemoryStore(b.settings(postgres={"statement_timeout_ms": 0}))
     await store.init()
     b.facts["postgres"] = await _server_facts(store)
     try:

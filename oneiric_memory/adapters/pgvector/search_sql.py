@@ -255,37 +255,40 @@ class LexicalStats:
                    unseen_share=float(freqs[len(elems)]) / 2)
 
     def terms(self, lexemes: Sequence[str], budget: int) -> LexicalTerms:
-        """The query's lexemes with their IDF, rarest first, and how many of them admit rows (the gate).
+        """The query's lexemes with their IDF, rarest first, and the ones that admit rows (the gate).
 
         IDF is Lucene's ``ln(1 + (N - df + 0.5) / (df + 0.5))``. The gate takes lexemes rarest first while
         their estimated matches (sum of ``df``) stay within ``budget``, and always the rarest one. At most
-        :data:`MAX_SCORED_LEXEMES` (the rarest) are scored: a pasted page of text stays a bounded statement.
+        :data:`MAX_SCORED_LEXEMES` (the rarest) are scored, so a pasted page of text stays a bounded
+        statement; the gate is one bind value and keeps every lexeme that fits the budget.
         """
         rows = max(self.rows, 1.0)
         dfs = sorted({(rows * self.shares.get(lexeme, self.unseen_share), lexeme) for lexeme in lexemes})
-        dfs = dfs[:MAX_SCORED_LEXEMES]
-        gate, upto = 0, 0.0
-        for df, _ in dfs:
+        gate: list[str] = []
+        upto = 0.0
+        for df, lexeme in dfs:
             upto += df
             if gate and upto > budget:
                 break
-            gate += 1
-        return LexicalTerms(lexemes=tuple(lexeme for _, lexeme in dfs),
-                            idfs=tuple(math.log(1 + (rows - min(df, rows) + 0.5) / (df + 0.5)) for df, _ in dfs),
-                            gate=gate, complete=len(dfs) == len(set(lexemes)))
+            gate.append(lexeme)
+        scored = dfs[:MAX_SCORED_LEXEMES]
+        return LexicalTerms(lexemes=tuple(lexeme for _, lexeme in scored),
+                            idfs=tuple(math.log(1 + (rows - min(df, rows) + 0.5) / (df + 0.5)) for df, _ in scored),
+                            gate=tuple(gate), gated=len(gate) < len(dfs))
 
 
 @dataclass(frozen=True, slots=True)
 class LexicalTerms:
-    """One query's scored lexemes (rarest first) with their IDF; the first ``gate`` of them admit rows.
+    """One query's scored lexemes (rarest first) with their IDF, and the lexemes that admit rows.
 
-    ``complete`` is False when some (common) lexemes were left out of scoring (:data:`MAX_SCORED_LEXEMES`).
+    ``gated`` is True when the gate leaves some (common) lexemes out, so it must be tested; otherwise any
+    row matching the query matches the gate.
     """
 
     lexemes: tuple[str, ...] = ()
     idfs: tuple[float, ...] = ()
-    gate: int = 0
-    complete: bool = True
+    gate: tuple[str, ...] = ()
+    gated: bool = False
 
 
 MAX_SCORED_LEXEMES = 32
@@ -352,8 +355,8 @@ def text_branch(params: Params, *, table: str, text_config: str, query: LexicalQ
     not_negative = (f" AND NOT (m.tsv @@ websearch_to_tsquery({config}, {params.add(query.negative_text, 'text')}))"
                     if query.negative else "")
     gate = ""
-    if terms.gate < len(terms.lexemes) or not terms.complete:
-        gate_query = " | ".join(tsquery_lexeme(lexeme) for lexeme in terms.lexemes[:terms.gate])
+    if terms.gated:
+        gate_query = " | ".join(tsquery_lexeme(lexeme) for lexeme in terms.gate)
         gate = f" AND m.tsv @@ {params.add(gate_query, 'tsquery')}"
     k1, b = params.add(BM25_K1, "float8"), params.add(BM25_B, "float8")
     avgdl = params.add(avg_lexemes, "float8")
@@ -373,9 +376,9 @@ def text_branch(params: Params, *, table: str, text_config: str, query: LexicalQ
         f"FROM {table} m WHERE m.tsv @@ websearch_to_tsquery({config}, {positive}){not_negative}{gate} "
         f"AND {where} LIMIT {cap}) AS c ORDER BY c.pre DESC, c.id LIMIT {rescore}) "
         # the best of them rescored with their real term frequencies
-        f"SELECT p.project, p.id, (SELECT sum(({idfs})[array_position({lexemes}, x.lexeme)] * x.tf * "
+        f"SELECT p.project, p.id, coalesce((SELECT sum(({idfs})[array_position({lexemes}, x.lexeme)] * x.tf * "
         f"({k1} + 1) / (x.tf + {norm})) FROM (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf "
-        f"FROM unnest(ts_filter(setweight(p.tsv, 'A', {lexemes}), '{{a}}')) AS u) AS x)::float8 AS rank "
+        f"FROM unnest(ts_filter(setweight(p.tsv, 'A', {lexemes}), '{{a}}')) AS u) AS x), 0)::float8 AS rank "
         f"FROM p ORDER BY rank DESC, p.id LIMIT {params.add(n, 'int')}")
 
 

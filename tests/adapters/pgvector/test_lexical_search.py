@@ -18,6 +18,7 @@ import pytest_asyncio
 from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 from oneiric_memory.adapters.pgvector.embedded_server import EmbeddedConnectInfo
 from oneiric_memory.adapters.pgvector.search_sql import (
+    MAX_SCORED_LEXEMES,
     LexicalStats,
     Params,
     parse_websearch,
@@ -174,3 +175,27 @@ async def test_common_words_are_bounded_but_rare_terms_still_admit(pg_server: Em
         async with store.gate.acquire() as connection:
             await connection.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
         await store.cleanup()
+
+
+async def test_terms_are_rarest_first_gated_by_the_budget_and_capped() -> None:
+    stats = LexicalStats.from_row(1000, 10.0, ["common", "mid", "rare"], [0.5, 0.1, 0.01, 0.002])
+    terms = stats.terms(["common", "rare", "unseen", "mid"], budget=200)
+    assert terms.lexemes == ("unseen", "rare", "mid", "common")  # unseen = half the least listed share
+    assert list(terms.idfs) == sorted(terms.idfs, reverse=True)
+    assert terms.gate == ("unseen", "rare", "mid") and terms.gated  # 1 + 10 + 100 rows fit in 200, 500 does not
+    assert stats.terms(["common"], budget=1).gate == ("common",)  # the rarest always admits, whatever the budget
+    assert not stats.terms(["rare", "mid"], budget=200).gated  # the gate holds every lexeme: no test needed
+    many = [f"w{i}" for i in range(MAX_SCORED_LEXEMES + 5)]
+    capped = stats.terms([*many, "common"], budget=10**6)
+    assert len(capped.lexemes) == MAX_SCORED_LEXEMES and "common" not in capped.lexemes  # scoring is bounded
+    assert len(capped.gate) == len(many) + 1 and not capped.gated  # the gate is not
+    assert LexicalStats().terms(["a", "b"], budget=10).lexemes == ("a", "b")  # no ANALYZE yet: equally rare
+
+
+async def test_a_long_query_is_bounded_and_still_finds_rows(lexical: tuple[PgvectorMemoryStore, dict[str, uuid.UUID]]) -> None:
+    store, ids = lexical
+    words = " ".join(f"filler{i}" for i in range(MAX_SCORED_LEXEMES + 8))
+    hits = await _ids(store, f"{words} hello today zeppelin", limit=100)
+    # more lexemes than are scored: the 32 rarest (here the fillers, which match nothing) are scored, and the
+    # rows of the others are still admitted through the gate (unscored, at 0), so the query finds them
+    assert ids["Hello today: the zeppelin landed"] in hits and len(hits) == FILLER + 1
