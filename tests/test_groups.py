@@ -321,3 +321,26 @@ async def test_a_target_that_remembers_a_shared_insight_itself_keeps_it_after_th
         assert await _found(memory, acting_for="tgt") == []
     found = await session_buddy_own_search(sb_file, [f"om:{copy_key}"])
     assert found[f"om:{copy_key}"] == []
+
+
+async def test_a_target_forgetting_its_own_copy_of_a_shared_insight_keeps_the_share(
+        pg_server: EmbeddedConnectInfo, pg_data_dir: Path, tmp_path: Path, sb_home: Path) -> None:
+    sb_file = tmp_path / "sb" / "reflection.duckdb"
+    copy_key = insight_id("tgt", INSIGHT)
+    async with open_memory(pg_data_dir, sb_file) as memory:
+        own = await memory.remember(conversation("Our note.", INSIGHT), project="tgt")  # tgt had it first
+        source = await memory.remember(conversation("Review.", INSIGHT), project="src")
+        await memory.share([source], projects=["tgt"])
+        await memory.relay.drain()
+        assert await _copies(memory.store) == []  # one row for tgt: its own
+        assert await memory.forget([own]) == 1
+        await memory.relay.drain()
+        # the share still stands, so the row became the share's copy instead of a deletion
+        assert await _copies(memory.store) == [{"project": "tgt", "insight_id": copy_key, "source_project": "src",
+                                                "kind": "deliver", "status": "delivered"}]
+        assert set(await _found(memory, acting_for="tgt")) == {("src", "postgres"), ("tgt", "session_buddy")}
+        await memory.unshare([source])
+        await memory.relay.drain()
+        assert await _found(memory, acting_for="tgt") == []
+    found = await session_buddy_own_search(sb_file, [f"om:{copy_key}"])
+    assert found[f"om:{copy_key}"] == []

@@ -32,7 +32,8 @@ from oneiric_memory.records import ProjectGroup
 if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector.store import PgvectorMemoryStore
 
-__all__ = ["MemoryKey", "ShareChange", "SharingRepository", "group_target", "project_target", "reconcile", "split_targets"]
+__all__ = ["MemoryKey", "ShareChange", "SharingRepository", "group_target", "project_target", "reconcile",
+           "restore_copies", "split_targets"]
 
 MemoryKey = tuple[str, uuid.UUID]
 """``(project, id)``: the primary key of a memory."""
@@ -338,3 +339,28 @@ async def reconcile(connection: asyncpg.Connection, sharing: SharingRepository,
             f"UPDATE {table} o SET kind = 'delete', content = '', topics = '{{}}', status = 'pending', attempts = 0, "
             f"last_error = NULL, next_attempt_at = now(), delivered_at = NULL WHERE {pair}", *gone)
     return len(missing), len(surplus)
+
+
+async def restore_copies(connection: asyncpg.Connection, sharing: SharingRepository,
+                         withdrawn: Sequence[tuple[str, str]]) -> int:
+    """A project forgot its own insights ``(project, content)``, which the caller just tombstoned: where a memory
+    still shared into that project yields the same insight, the tombstone becomes that share's copy again (the
+    copy and the project's own insight are one outbox row, keyed alike). Returns how many memories were
+    reconciled."""
+    keys: list[MemoryKey] = []
+    contents: dict[str, list[str]] = {}
+    for project, content in withdrawn:
+        if content:
+            contents.setdefault(project, []).append(content)
+    for project, texts in sorted(contents.items()):
+        rows = await connection.fetch(
+            f"SELECT m.project, m.id FROM {sharing._memories} m WHERE m.shared_with && $1::text[] "
+            "AND m.project <> $2 AND (EXISTS (SELECT 1 FROM "
+            f"{sharing._outbox} o WHERE o.project = m.project AND o.memory_id = m.id AND o.source_project IS NULL "
+            "AND o.kind = 'deliver' AND o.content = ANY($3::text[])) OR (m.memory_type = 'insight' "
+            "AND m.content = ANY($3::text[]))) ORDER BY m.project, m.id FOR UPDATE OF m",
+            await sharing.resolve(connection, [project]), project, texts)
+        keys += [(row["project"], row["id"]) for row in rows]
+    if keys:
+        await reconcile(connection, sharing, sorted(set(keys)))
+    return len(set(keys))

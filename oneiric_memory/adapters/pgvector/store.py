@@ -44,7 +44,7 @@ from oneiric_memory.adapters.pgvector.rag_index import RagIndex
 from oneiric_memory.adapters.pgvector.schema import SchemaNames, check_meta
 from oneiric_memory.adapters.pgvector.search import SearchExecutor
 from oneiric_memory.adapters.pgvector.search_sql import Params, filter_clause
-from oneiric_memory.adapters.pgvector.sharing import SharingRepository
+from oneiric_memory.adapters.pgvector.sharing import SharingRepository, restore_copies
 from oneiric_memory.adapters.pgvector.writes import staging_rows, upsert_batch
 from oneiric_memory.errors import InvalidInput, SchemaMismatch, StoreError, without_driver_chain
 from oneiric_memory.insights import Insight
@@ -565,7 +565,9 @@ class PgvectorMemoryStore:
                         mine = ("((o.project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])) OR "
                                 "(o.source_project, o.memory_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[])))")
                         # each statement below takes a fresh snapshot after these locks are ours
-                        await connection.execute(f"SELECT 1 FROM {outbox} o WHERE {mine} FOR UPDATE", *keys)
+                        locked = await connection.fetch(
+                            f"SELECT o.project, o.content, o.source_project FROM {outbox} o WHERE {mine} FOR UPDATE",
+                            *keys)
                         await connection.execute(
                             f"DELETE FROM {outbox} o WHERE {mine} AND o.kind = 'deliver' AND o.status = 'pending' "
                             "AND o.attempts = 0", *keys)
@@ -573,6 +575,9 @@ class PgvectorMemoryStore:
                             f"UPDATE {outbox} o SET kind = 'delete', content = '', topics = '{{}}', "
                             "status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = now(), "
                             f"delivered_at = NULL WHERE {mine}", *keys)
+                        # a forgotten own insight that another project still shares into this one stays, as a copy
+                        await restore_copies(connection, self.sharing, [
+                            (row["project"], row["content"]) for row in locked if row["source_project"] is None])
                 return len(gone)
 
             return await run_with_retries(self.settings.postgres, "deleting memories", run)
