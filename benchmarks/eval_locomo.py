@@ -47,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_meter import CpuMeter
 from markdown_report import ROOT, command_line, load_average, machine_line, run_at, write_section
 from model_runs import CachedEmbedder, agreement, hashing_embedder, local_bge, served_bge
 
@@ -163,6 +164,7 @@ class Scores:
     by_category: dict[int, tuple[float, float]]  # category -> (R@10, nDCG@10)
     p50_ms: float = float("nan")
     p95_ms: float = float("nan")
+    cpu: str = "n/a"  # CPU ms per query, server + client (bench_store's CpuMeter)
     empty: int = 0
 
 
@@ -348,12 +350,15 @@ async def evaluate(title: str, embedder: Any, schema: str, provider: str, conver
                                filters=SearchFilters(projects=[q.conversation]), limit=TOP)
         results = []
         for config in configs:
+            meter = CpuMeter(store)
+            await meter.start()
             rankings, latencies = await run_config(store, questions, embeddings, config)
             s = score(config.label(), questions, rankings)
             s.p50_ms, s.p95_ms = statistics.median(latencies), pct(latencies, 0.95)
+            s.cpu = await meter.per_query(len(questions))
             results.append(s)
             log(f"{title} {s.label}: nDCG@10 {s.ndcg:.3f} R@5 {s.r5:.3f} R@10 {s.r10:.3f} R@20 {s.r20:.3f} "
-                f"p50 {s.p50_ms:.1f} ms p95 {s.p95_ms:.1f} ms (load {load_average()})")
+                f"p50 {s.p50_ms:.1f} ms p95 {s.p95_ms:.1f} ms CPU {s.cpu} ms (load {load_average()})")
         run = EmbedderRun(title, embedder.model_id, embedder.dimension, results, load_s, {})
         if do_sweep:
             vec = await branch_lists(store, questions, embeddings, "vector")
@@ -410,12 +415,13 @@ def render(runs: Sequence[EmbedderRun], conversations: Sequence[Conversation], d
                   f"{run.facts['pgvector']}, BM25 extension: {run.facts['bm25'] or 'none (plain-PostgreSQL BM25)'}; "
                   f"{run.facts['rows']} stored rows. Vectors: {run.embedded}.", "",
                   "| Mode | nDCG@10 | R@5 | R@10 | R@20 | " + " | ".join(
-                      f"{name} R@10 / nDCG@10" for name in CATEGORIES.values()) + " | p50 ms | p95 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      f"{name} R@10 / nDCG@10" for name in CATEGORIES.values()) + " | p50 ms | p95 ms | CPU ms/query "
+                  "(server + client) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in run.results:
             cats = " | ".join(f"{s.by_category[c][0]:.3f} / {s.by_category[c][1]:.3f}" for c in CATEGORIES)
             lines.append(f"| {s.label} | {s.ndcg:.3f} | {s.r5:.3f} | {s.r10:.3f} | {s.r20:.3f} | {cats} | "
-                         f"{s.p50_ms:.1f} | {s.p95_ms:.1f} |")
+                         f"{s.p50_ms:.1f} | {s.p95_ms:.1f} | {s.cpu} |")
         by_label = {r.label.split(" ")[0]: r for r in run.results}
         if {"vector", "hybrid"} <= by_label.keys():
             v, h = by_label["vector"], by_label["hybrid"]
