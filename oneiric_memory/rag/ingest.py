@@ -9,7 +9,8 @@ and records them in ``rag_files``).
 Because each batch commits its files' chunks together with their ``rag_files`` rows, a run killed at any point
 leaves every file either fully old or fully new; the rerun skips what was committed and redoes the rest, so
 there are no duplicate and no orphan chunks. A killed run's ``rag_ingestions`` row, still ``running``, is
-marked ``failed`` ("interrupted") by the next run of the same repository.
+marked ``failed`` ("interrupted") by the next run of the same repository. Runs of one repository are
+serialised by a session advisory lock (a second run waits briefly, then fails with ``StoreUnavailable``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oneiric_memory.adapters.pgvector import FileChunks
-from oneiric_memory.errors import InvalidInput
+from oneiric_memory.errors import InvalidInput, StoreUnavailable
 from oneiric_memory.observability import get_logger
 from oneiric_memory.rag.chunking import chunk_file
 from oneiric_memory.rag.walk import DEFAULT_SUFFIXES, RepoFile, WalkCounts, walk_repository
@@ -40,6 +41,8 @@ Progress = Callable[[str, int, int], None]
 
 SOURCE_SYSTEM = "oneiric-memory-ingest"
 _MAX_ERRORS = 100
+_LOCK_WAIT_S = 5.0
+"""How long a run waits for another run of the same repository (or a killed one's lock) to go."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,21 @@ async def ingest_repository(store: PgvectorMemoryStore, embed: Callable[[list[Me
     base = check_ingest_arguments(root, repo_id, project, options, progress)
     opts = options or IngestOptions()
     log = get_logger("rag.ingest")
+    async with store.direct_session(purpose="ingest") as session:
+        # One run per repository at a time: a session lock, released by the connection's end even on a kill.
+        key = f"{store.schema}\x1frag-ingest\x1f{project}\x1f{repo_id}"
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while not await session.try_lock(key):
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(f"another ingestion of repository {repo_id[:100]!r} (project "
+                                       f"{project[:100]!r}) is running; retry when it has finished")
+            await asyncio.sleep(0.2)
+        return await _locked(store, embed, base, repo_id, project, opts, progress, log)
+
+
+async def _locked(store: PgvectorMemoryStore, embed: Callable[[list[MemoryRecord]], Awaitable[None]], base: Path,
+                  repo_id: str, project: str, opts: IngestOptions, progress: Progress | None,
+                  log: Any) -> IngestReport:
     report = IngestReport(uuid.uuid4(), repo_id, project, str(base))
     report.ingestion_id = await store.rag.begin(project, repo_id, str(base))
     notify = progress or (lambda _unit, _done, _total: None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_memory.coordinator import UnifiedMemory
-from oneiric_memory.errors import InvalidInput
+from oneiric_memory.errors import InvalidInput, StoreUnavailable
 from oneiric_memory.rag import IngestOptions
 from oneiric_memory.settings import MemorySettings
 from tests.rag.repo_fixtures import chunk_rows, make_repo, rag_file_rows
@@ -142,3 +142,18 @@ async def test_bad_arguments_change_nothing(settings: MemorySettings, tmp_path: 
             await memory.ingest_repository(tmp_path / "missing", "ok")
         assert await memory.store.count() == 0
         assert await rag_file_rows(memory.store, "ok") == {}
+
+
+async def test_a_second_run_of_the_same_repository_waits_then_refuses(settings: MemorySettings,
+                                                                      tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    async with UnifiedMemory.open(settings, background=False) as memory:
+        store = memory.store
+        async with store.direct_session(purpose="test") as other:  # what a running ingestion of "demo" holds
+            assert await other.try_lock(f"{store.schema}\x1frag-ingest\x1fdefault\x1fdemo")
+            with pytest.raises(StoreUnavailable, match="another ingestion"):
+                await memory.ingest_repository(repo, "demo", options=OPTIONS)
+            assert await memory.ingestions("demo") == []  # refused before anything was recorded
+            report = await memory.ingest_repository(repo, "other", options=OPTIONS)  # other repositories run
+            assert report.status == "completed"
+        assert (await memory.ingest_repository(repo, "demo", options=OPTIONS)).status == "completed"
