@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         Insight,
         InsightHit,
     )
+    from oneiric_memory.rag import IngestOptions, IngestReport
     from oneiric_memory.records import (
         MEMORY_TYPES,
         MemoryRecord,
@@ -61,6 +62,8 @@ _EXPORTS: dict[str, str] = {
     "UnifiedMemory": "oneiric_memory.coordinator",
     "UnifiedSearchResult": "oneiric_memory.coordinator",
     "ShareChange": "oneiric_memory.coordinator",
+    "IngestOptions": "oneiric_memory.rag",
+    "IngestReport": "oneiric_memory.rag",
     "MEMORY_TYPES": "oneiric_memory.records",
     "MemoryRecord": "oneiric_memory.records",
     "MemoryType": "oneiric_memory.records",
@@ -91,6 +94,8 @@ __all__ = [
     "ConfigurationError",
     "EmbedderError",
     "EmbedderUnavailable",
+    "IngestOptions",
+    "IngestReport",
     "Insight",
     "InsightHit",
     "InsightSinkError",
