@@ -35,7 +35,8 @@ __all__ = ["ADAPTER_ID", "MemoryCapabilities", "OneiricMemoryAdapter", "attach",
 
 ADAPTER_ID = "mahavishnu.adapters.oneiric_memory"
 OPERATIONS = ("remember", "remember_many", "search", "unified_search", "forget", "health",
-              "store_agent_conversation", "store_rag_chunks", "store_workflow_execution", "backfill")
+              "store_agent_conversation", "store_rag_chunks", "store_workflow_execution", "backfill",
+              "ingest_repository")
 
 
 def mahavishnu_adapter_entry() -> dict[str, Any]:
@@ -190,6 +191,18 @@ class OneiricMemoryAdapter:
             return {"ids": [str(i) for i in await memory.store_rag_chunks(repo_id, args.pop("chunks"), **args)]}
         if op == "store_workflow_execution":
             return {"id": str(await memory.store_workflow_execution(**args))}
+        if op == "ingest_repository":  # {"op", "path", "repo_id" (or one repo in repos), "project", "options": {...}}
+            from oneiric_memory.rag import IngestOptions
+
+            repo_id = args.pop("repo_id", repos[0] if repos else None)
+            if repo_id is None:
+                raise InvalidInput("ingest_repository needs 'repo_id' (or one repo in repos)")
+            options = args.pop("options", None)
+            if options is not None and not isinstance(options, Mapping):
+                raise InvalidInput("options must be a mapping of IngestOptions fields")
+            report = await memory.ingest_repository(args.pop("path"), repo_id, **args,
+                                                    options=IngestOptions(**options) if options else None)
+            return {"ingestion": report.as_dict()}
         report = await memory.backfill()
         return {"embedded": report.embedded, "remaining": report.remaining}
 

@@ -131,6 +131,14 @@ async def test_lazy_adapter_serves_tasks_health_and_attach(
         assert unified["sources"]["postgres"]["status"] == "ok" and unified["hits"][0]["id"] == stored["id"]
         via_rag = await adapter.execute({"op": "search", "query": "pools", "memory_types": ["rag"], "mode": "text"})
         assert [hit["id"] for hit in via_rag["hits"]] == chunks["ids"]
+        (isolated / "repo").mkdir()
+        (isolated / "repo" / "tool.py").write_text("def orchestrate_flows():\n    return 1\n", encoding="utf-8")
+        ingested = await adapter.execute({"op": "ingest_repository", "path": str(isolated / "repo"),
+                                          "options": {"suffixes": [".py"]}}, repos=["repo-y"])
+        assert ingested["status"] == "ok" and ingested["ingestion"]["counts"]["chunks_added"] == 1
+        bad_ingest = await adapter.execute({"op": "ingest_repository", "path": str(isolated / "repo"),
+                                            "repo_id": "r", "options": {"colour": "red"}})
+        assert bad_ingest["status"] == "error"
 
         health = await adapter.get_health()
         assert isinstance(health, dict) and isinstance(health["status"], str)
