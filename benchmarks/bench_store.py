@@ -142,6 +142,7 @@ class Bench:
     duration_s: float
     baseline: bool
     data_dir: Path | None
+    keep: bool = False
     lines: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -638,11 +639,18 @@ async def run_search_only(bench: Bench) -> None:
     b.facts["postgres"] = await _server_facts(store)
     try:
         async with store.gate.acquire() as connection:
-            await connection.execute(f"TRUNCATE {store.table('memories')} CASCADE")
-        load_s, build_s, ids, _ = await load_store(store, corpus)
-        log(f"store load {len(corpus) / load_s:,.0f} rows/s, HNSW build {build_s:.1f} s")
+            kept = await connection.fetch(f"SELECT id, content FROM {store.table('memories')}") if b.keep else []
+        if len(kept) == len(corpus):  # --keep: the previous run's rows (content "memory <row>: ..."), no reload
+            load_s = build_s = float("nan")
+            row_of = {r["id"]: int(r["content"].split(":", 1)[0].split()[1]) for r in kept}
+            log(f"reusing the {len(kept):,} rows kept by the previous --keep run")
+        else:
+            async with store.gate.acquire() as connection:
+                await connection.execute(f"TRUNCATE {store.table('memories')} CASCADE")
+            load_s, build_s, ids, _ = await load_store(store, corpus)
+            log(f"store load {len(corpus) / load_s:,.0f} rows/s, HNSW build {build_s:.1f} s")
+            row_of = {memory_id: row for row, memory_id in enumerate(ids)}
         await settle(store)
-        row_of = {memory_id: row for row, memory_id in enumerate(ids)}
         truth = ExactSearch(corpus.vectors).top_k(queries.vectors, K)
         searcher = Searcher(store, row_of)
         await searcher.vector(queries.vectors[: min(50, b.queries)], None)  # warm-up
@@ -675,8 +683,9 @@ async def run_search_only(bench: Bench) -> None:
             modes[label] = t
     finally:
         store.search_probe = None
-        with contextlib.suppress(Exception):
-            await drop_schemas(store, SCHEMA)
+        if not b.keep:
+            with contextlib.suppress(Exception):
+                await drop_schemas(store, SCHEMA)
         await store.cleanup()
     b.out("## Store search at size: `ef_search` 100 vs 200, text / vector / hybrid (`bench_store.py --search-only`)")
     b.out("")
@@ -1047,12 +1056,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip Oneiric's PgvectorAdapter")
     parser.add_argument("--search-only", action="store_true",
                         help="load, ef_search 100 vs 200, text / vector / hybrid side by side (section store-search)")
+    parser.add_argument("--keep", action="store_true",
+                        help="with --search-only: keep the loaded rows, and reuse them when they are already there")
     parser.add_argument("--data-dir", type=Path, help="embedded PostgreSQL data folder (default: the cache folder)")
     parser.add_argument("--no-write", action="store_true", help="print the section; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
     rows = args.rows or (20_000 if args.quick else 150_000)
     bench = Bench(rows=rows, queries=100 if args.quick else 200, steady_rows=500 if args.quick else 2000,
-                  duration_s=3.0 if args.quick else 8.0, baseline=not args.no_baseline, data_dir=args.data_dir)
+                  duration_s=3.0 if args.quick else 8.0, baseline=not args.no_baseline, data_dir=args.data_dir,
+                  keep=args.keep)
     bench.facts["million"] = args.million or args.only_million
     if args.search_only:
         asyncio.run(run_search_only(bench))

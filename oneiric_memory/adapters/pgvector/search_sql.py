@@ -360,25 +360,28 @@ def text_branch(params: Params, *, table: str, text_config: str, query: LexicalQ
         gate = f" AND m.tsv @@ {params.add(gate_query, 'tsquery')}"
     k1, b = params.add(BM25_K1, "float8"), params.add(BM25_B, "float8")
     avgdl = params.add(avg_lexemes, "float8")
-    matched = " + ".join(f"CASE WHEN m.tsv @@ {params.add(tsquery_lexeme(lexeme), 'tsquery')} "
+    lexemes = params.add(list(terms.lexemes), "text[]")
+    idfs = params.add(list(terms.idfs), "float8[]")
+    matched = " + ".join(f"CASE WHEN c.s @@ {params.add(tsquery_lexeme(lexeme), 'tsquery')} "
                          f"THEN {params.add(idf, 'float8')} ELSE 0 END"
                          for lexeme, idf in zip(terms.lexemes, terms.idfs, strict=True))
     where = filter_clause(filters, params)
     cap = params.add(candidates, "int")
     rescore = params.add(RESCORE_FACTOR * n, "int")
-    lexemes = params.add(list(terms.lexemes), "text[]")
-    idfs = params.add(list(terms.idfs), "float8[]")
-    norm = f"coalesce({k1} * (1 - {b} + {b} * length(p.tsv) / {avgdl}), {k1})"
+    norm = f"coalesce({k1} * (1 - {b} + {b} * length(p.s) / {avgdl}), {k1})"
     return (
-        # candidates through the GIN index, each with its BM25 score at tf = 1 (the length factor included)
-        "WITH p AS MATERIALIZED (SELECT c.project, c.id, c.tsv FROM (SELECT m.project, m.id, m.tsv, "
-        f"({matched}) / (1 + coalesce({k1} * (1 - {b} + {b} * length(m.tsv) / {avgdl}), {k1})) AS pre "
-        f"FROM {table} m WHERE m.tsv @@ websearch_to_tsquery({config}, {positive}){not_negative}{gate} "
-        f"AND {where} LIMIT {cap}) AS c ORDER BY c.pre DESC, c.id LIMIT {rescore}) "
+        # candidates through the GIN index; each row's tsvector is read (detoasted: with a 768-d vector in the
+        # row it usually lives in the TOAST table) exactly once, into s with the query's lexemes labelled A
+        f"WITH p AS MATERIALIZED (SELECT c.project, c.id, c.s FROM (SELECT m.project, m.id, "
+        f"setweight(m.tsv, 'A', {lexemes}) AS s FROM {table} m "
+        f"WHERE m.tsv @@ websearch_to_tsquery({config}, {positive}){not_negative}{gate} AND {where} LIMIT {cap}) AS c "
+        # each with its BM25 score at tf = 1 (the length factor included), the best kept
+        f"ORDER BY ({matched}) / (1 + coalesce({k1} * (1 - {b} + {b} * length(c.s) / {avgdl}), {k1})) DESC, c.id "
+        f"LIMIT {rescore}) "
         # the best of them rescored with their real term frequencies
         f"SELECT p.project, p.id, coalesce((SELECT sum(({idfs})[array_position({lexemes}, x.lexeme)] * x.tf * "
         f"({k1} + 1) / (x.tf + {norm})) FROM (SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf "
-        f"FROM unnest(ts_filter(setweight(p.tsv, 'A', {lexemes}), '{{a}}')) AS u) AS x), 0)::float8 AS rank "
+        f"FROM unnest(ts_filter(p.s, '{{a}}')) AS u) AS x), 0)::float8 AS rank "
         f"FROM p ORDER BY rank DESC, p.id LIMIT {params.add(n, 'int')}")
 
 
