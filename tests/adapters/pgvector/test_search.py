@@ -267,7 +267,7 @@ async def test_ef_search_is_at_least_limit_and_overridable(corpus: Corpus) -> No
         await corpus.store.search_hybrid("w001", query, limit=5, ef_search=3)
     finally:
         corpus.store.search_probe = None
-    assert [s["ef"] for s in seen] == ["100", "250", "300", "50", "40"]  # 40 = hybrid branch candidates
+    assert [s["ef"] for s in seen] == ["200", "250", "300", "50", "40"]  # 40 = hybrid branch candidates
     assert {s["pcm"] for s in seen} == {"force_custom_plan"}
     assert {s["scan"] for s in seen} == {"relaxed_order"} and {s["jit"] for s in seen} == {"off"}
     async with corpus.store.gate.acquire() as connection:  # SET LOCAL: nothing leaks into the pool
