@@ -6,6 +6,7 @@ value, and a regex the error must match. Imported explicitly by the table module
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["HostileCase", "case_id"]
@@ -23,8 +24,9 @@ class HostileCase:
 
 
 def case_id(case: HostileCase) -> str:
-    """A short, printable pytest id: ``entry:field:value``."""
-    shown = repr(case.value)
+    """A short, printable pytest id: ``entry:field:value``; the same in every process (pytest-xdist workers each
+    collect the ids and refuse to run if they differ), so object addresses are left out of it."""
+    shown = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(case.value))
     if len(shown) > 40:
         shown = shown[:37] + "..."
     return f"{case.entry}:{case.field}:{shown}".encode("ascii", "backslashreplace").decode("ascii")

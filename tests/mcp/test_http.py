@@ -99,7 +99,7 @@ async def test_http_token_is_required_when_configured(pg_server: EmbeddedConnect
     assert TOKEN not in server.stderr()  # never logged
 
 
-@pytest.mark.parametrize("token", ["short", " " + TOKEN])
+@pytest.mark.parametrize("token", ["short", " " + TOKEN], ids=["short", "leading-space"])  # TOKEN is random: not in ids
 def test_weak_token_is_refused_at_start(pg_data_dir: Path, tmp_path: Path, token: str) -> None:
     result = subprocess.run([*SERVER_COMMAND, "--http", "0.0.0.0:8686"], cwd=tmp_path, capture_output=True, text=True,
                             env=server_env(pg_data_dir, MAHAVISHNU_ONEIRIC_MEMORY__MCP__TOKEN=token), timeout=60,
