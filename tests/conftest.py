@@ -23,6 +23,9 @@ from oneiric_memory.settings import MemorySettings
 from tests.support import make_settings
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+# pytest-xdist's workers start with COLUMNS=80 in their environment; the CLI's tables honour COLUMNS (160 columns
+# when piped otherwise), so under `pytest -n 2` they would fold the ids and paths a serial run shows whole.
+os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(autouse=True)
