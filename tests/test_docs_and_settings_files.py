@@ -54,9 +54,9 @@ def test_readme_gives_exactly_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
-    assert commands == ["uv run oneiric-memory demo", "uv run pytest"]
+    assert commands == ["uv run oneiric-memory demo", "uv run pytest -n 2"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "\nuv run pytest\n" in ci
+    assert "\nuv run pytest -n 2\n" in ci
 
 
 def test_example_block_does_not_override_mahavishnus_own_keys(tmp_path: Path) -> None:
