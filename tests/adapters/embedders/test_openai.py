@@ -51,11 +51,11 @@ async def test_batches_keep_order_and_nomic_prefixes_follow_the_model_name(fake:
         fake.reset()
         vectors = await embedder.embed_documents(texts)
         query = await embedder.embed_query("which text")
-    bodies = [r.body for r in fake.openai_requests]
-    assert [len(b["input"]) for b in bodies[:3]] == [3, 3, 1]
-    assert bodies[0]["input"][0] == "search_document: text number 0"
-    assert bodies[0]["encoding_format"] == "float" and "dimensions" not in bodies[0]
-    assert bodies[3]["input"] == ["search_query: which text"]
+    # Batches go out concurrently, so they may arrive in any order; the vectors must still come back in order.
+    bodies = sorted((r.body for r in fake.openai_requests[:3]), key=lambda b: b["input"][0])
+    assert [b["input"] for b in bodies] == [[f"search_document: {t}" for t in texts[i:i + 3]] for i in (0, 3, 6)]
+    assert all(b["encoding_format"] == "float" and "dimensions" not in b for b in bodies)
+    assert fake.openai_requests[3].body["input"] == ["search_query: which text"]
     for text, vector in zip(texts, vectors, strict=True):
         assert np.allclose(vector, fake.vector_for("search_document: " + text), atol=1e-7)
     assert np.allclose(query, fake.vector_for("search_query: which text"), atol=1e-7)

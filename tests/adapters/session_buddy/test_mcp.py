@@ -122,6 +122,9 @@ async def test_auto_mode_delivers_a_remembered_insight_through_the_running_serve
     settings = make_settings_with_store(pg_data_dir, session_buddy={
         "enabled": True, "mode": "auto", "mcp_url": session_buddy_server.url,
         "database_path": str(session_buddy_server.database_path), "timeout_s": 30.0,
+        # The test drains the outbox itself: a background relay round could deliver first (seen under two
+        # test workers), and the drain would then report 0 deliveries.
+        "relay_enabled": False,
         "retry_base_delay_s": 0.0, "retry_max_delay_s": 0.0}, search={"unified_timeout_s": 60.0})
     async with UnifiedMemory.open(settings) as memory:
         try:
