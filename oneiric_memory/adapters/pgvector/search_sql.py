@@ -435,6 +435,7 @@ def hybrid_sql(params: Params, *, table: str, hit_columns: str, vector_sql: str,
       better the best lexical match is than the next, which ranks throw away.
     * ``rrf``: weighted reciprocal-rank fusion ``w_v / (k + rank_v) + w_t / (k + rank_t)``.
     """
+    order = "f.fused DESC, f.vector_rank NULLS LAST, f.text_rank NULLS LAST, f.id"
     vw = params.add(float(vector_weight), "float8")
     tw = params.add(float(text_weight), "float8")
     if fusion == "rrf":
@@ -453,8 +454,8 @@ def hybrid_sql(params: Params, *, table: str, hit_columns: str, vector_sql: str,
         "f AS (SELECT coalesce(vr.project, tr.project) AS project, coalesce(vr.id, tr.id) AS id, "
         "vr.r AS vector_rank, tr.r AS text_rank, vr.distance, tr.rank, "
         f"{fused} AS fused "
-        "FROM vr FULL OUTER JOIN tr ON vr.project = tr.project AND vr.id = tr.id) "
+        "FROM vr FULL OUTER JOIN tr ON vr.project = tr.project AND vr.id = tr.id), "
+        # the best rows are chosen before the join, so only they are fetched from memories (not every candidate)
+        f"b AS (SELECT * FROM f ORDER BY {order} LIMIT {params.add(limit, 'int')}) "
         f"SELECT {hit_columns}, f.vector_rank, f.text_rank, f.distance, f.rank, f.fused "
-        f"FROM f JOIN {table} m ON m.project = f.project AND m.id = f.id "
-        "ORDER BY f.fused DESC, f.vector_rank NULLS LAST, f.text_rank NULLS LAST, m.id "
-        f"LIMIT {params.add(limit, 'int')}")
+        f"FROM b AS f JOIN {table} m ON m.project = f.project AND m.id = f.id ORDER BY {order}")
