@@ -237,6 +237,17 @@ class SessionBuddySettings(_Section):
 class SearchSettings(_Section):
     """Search defaults and tuning knobs (applied with SET LOCAL per query)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_branch_candidates(cls, data: Any) -> Any:
+        """``branch_candidates`` (earlier releases: one count for both branches) still loads, as both counts."""
+        if isinstance(data, dict) and "branch_candidates" in data:
+            data = dict(data)
+            both = data.pop("branch_candidates")
+            data.setdefault("vector_candidates", both)
+            data.setdefault("text_candidates", both)
+        return data
+
     default_mode: Literal["vector", "text", "hybrid"] = "hybrid"
     default_limit: int = Field(default=10, ge=1)
     max_limit: int = Field(default=1000, ge=1, le=10_000)
@@ -258,8 +269,16 @@ class SearchSettings(_Section):
         "reciprocal ranks (docs/benchmarks.md compares them)")
     rrf_k: int = Field(default=60, ge=1)
     vector_weight: float = Field(default=1.0, ge=0)
-    text_weight: float = Field(default=1.0, ge=0)
-    branch_candidates: int = Field(default=40, ge=1, le=1000)
+    text_weight: float = Field(
+        default=0.875, ge=0, description="lexical branch's weight in hybrid fusion (vector_weight is the other): "
+        "0.875 with 80 vector and 40 text candidates is the measured setting that beats vector-only on LoCoMo and "
+        "the stdlib set with both a real model and the hashing embedder (docs/benchmarks.md, the LoCoMo section's fusion note)")
+    vector_candidates: int = Field(
+        default=80, ge=1, le=1000, description="rows the vector branch hands to hybrid fusion (at least the "
+        "search's limit); deeper than the text branch, so min-max normalisation measures vector scores against a "
+        "lower floor, which narrows the gaps among the best vector hits and lets a strong lexical match reorder them")
+    text_candidates: int = Field(default=40, ge=1, le=1000, description="rows the lexical branch hands to hybrid "
+                                 "fusion (at least the search's limit)")
     lexical_candidates: int = Field(
         default=2000, ge=1, le=100_000, description="most rows the lexical branch considers per query: it admits "
         "rows through the query's rarest terms first, so words found everywhere cannot make a search slow; each "

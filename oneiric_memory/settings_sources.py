@@ -210,6 +210,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def merge_into(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[tuple[str, ...], Source],
                source: Source, prefix: tuple[str, ...] = ()) -> None:
     """Deep-merge ``overlay`` into ``base``, recording ``source`` for every leaf it sets."""
+    if prefix == ("search",) and "branch_candidates" in overlay:
+        overlay = _split_branch_candidates(overlay)
     for key, value in overlay.items():
         path = (*prefix, str(key))
         if isinstance(value, Mapping):
@@ -222,6 +224,15 @@ def merge_into(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[t
             for stale in [known for known in sources if known[:len(path)] == path and known != path]:
                 del sources[stale]
             sources[path] = source
+
+
+def _split_branch_candidates(search: Mapping[str, Any]) -> dict[str, Any]:
+    """``search.branch_candidates`` (earlier releases: one count for both hybrid branches) sets both new counts,
+    unless the same layer sets them itself, so settings files and env written for those releases keep working."""
+    out = {key: value for key, value in search.items() if key != "branch_candidates"}
+    out.setdefault("vector_candidates", search["branch_candidates"])
+    out.setdefault("text_candidates", search["branch_candidates"])
+    return out
 
 
 def _dig(document: Mapping[str, Any], dotted: str) -> Any:

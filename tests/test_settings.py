@@ -78,6 +78,16 @@ def test_env_values_are_converted_per_field(tmp_path: Path) -> None:
     assert settings.postgres.port == 5432
 
 
+def test_earlier_branch_candidates_key_still_loads_as_both_counts(tmp_path: Path) -> None:
+    """Settings files from before the split keep working; an explicit new key wins over the old one."""
+    settings = load_settings(root=tmp_path, environ={f"{ENV}SEARCH__BRANCH_CANDIDATES": "25"})
+    assert (settings.search.vector_candidates, settings.search.text_candidates) == (25, 25)
+    both = load_settings({"search": {"branch_candidates": 30, "vector_candidates": 90}}, root=tmp_path, environ={})
+    assert (both.search.vector_candidates, both.search.text_candidates) == (90, 30)
+    with pytest.raises(ConfigurationError, match=r"vector_candidates|text_candidates"):
+        load_settings({"search": {"branch_candidates": 0}}, root=tmp_path, environ={})
+
+
 def test_numbers_through_env_stay_strings_where_strings_are_expected(tmp_path: Path) -> None:
     settings = load_settings(root=tmp_path, environ={
         f"{ENV}POSTGRES__PASSWORD": "12345", f"{ENV}POSTGRES__USER": "007", f"{ENV}POSTGRES__DATABASE": "2024",

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -69,6 +69,14 @@ __all__ = ["SearchExecutor"]
 
 _HIT_COLUMNS = ("m.id, m.project, m.memory_type, m.content, m.metadata, m.agent_id, m.workflow_id, m.repo_id, "
                 "m.session_id, m.source_system, m.created_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Rows each branch hands to hybrid fusion (``search.vector_candidates`` / ``text_candidates``)."""
+
+    vector: int
+    text: int
 
 
 class SearchExecutor:
@@ -336,8 +344,9 @@ class SearchExecutor:
     async def _search(self, *, mode: str, query_text: str | None, query_embedding: Sequence[float] | None,
                       filters: SearchFilters | None, limit: int, ef_search: int | None, vector_weight: float,
                       text_weight: float, rrf_k: int) -> tuple[list[SearchHit], SearchPlan | None]:
-        candidates = max(self.settings.search.branch_candidates, limit)
-        ef = self._ef_search(ef_search, limit, candidates if mode == "hybrid" else limit)
+        ss = self.settings.search
+        candidates = Candidates(vector=max(ss.vector_candidates, limit), text=max(ss.text_candidates, limit))
+        ef = self._ef_search(ef_search, limit, candidates.vector if mode == "hybrid" else limit)
         async with self._search_transaction(ef) as connection:
             filters = await self._store.scoped(connection, filters)  # the read rule of acting_for (docs/groups.md)
             if mode in ("text", "hybrid"):
@@ -354,7 +363,7 @@ class SearchExecutor:
                         for r in rows], None
             assert query_embedding is not None
             plan = await self.plan_vector_search(connection, filters, ef,
-                                                 limit=candidates if mode == "hybrid" else limit)
+                                                 limit=candidates.vector if mode == "hybrid" else limit)
             if plan.ef_search != ef and self.settings.postgres.index_type == "hnsw":
                 await _set_local(connection, [("hnsw.ef_search", str(plan.ef_search))])
             if self._store.search_probe is not None:
@@ -375,7 +384,7 @@ class SearchExecutor:
                                            plan.path, vector_weight, text_weight, rrf_k)
             if len(rows) < limit and plan.path == "ann" and not (filters is None or filters.is_empty()):
                 vector_found = sum(1 for r in rows if r["vector_rank"] is not None)
-                if vector_found < min(limit, candidates):
+                if vector_found < min(limit, candidates.vector):
                     plan = replace(plan, path="exact", fallback=True)
                     if self._store.search_probe is not None:
                         await self._store.search_probe(connection, plan)
@@ -386,11 +395,11 @@ class SearchExecutor:
                          text_score=None if r["rank"] is None else float(r["rank"])) for r in rows], plan
 
     async def _hybrid_rows(self, connection: asyncpg.Connection, query_text: str, query_embedding: Sequence[float],
-                           filters: SearchFilters | None, limit: int, candidates: int, path: str,
+                           filters: SearchFilters | None, limit: int, candidates: Candidates, path: str,
                            vector_weight: float, text_weight: float, rrf_k: int) -> list[asyncpg.Record]:
         def build(params: Params, terms: LexicalTerms | None) -> str:
-            vector_sql = self._vector_branch(params, query_embedding, filters, candidates, path)
-            text_sql = self._text_branch(params, query_text, terms, filters, candidates)
+            vector_sql = self._vector_branch(params, query_embedding, filters, candidates.vector, path)
+            text_sql = self._text_branch(params, query_text, terms, filters, candidates.text)
             return hybrid_sql(params, table=self._store.table("memories"), hit_columns=_HIT_COLUMNS,
                               vector_sql=vector_sql,
                               text_sql=text_sql, rrf_k=rrf_k, vector_weight=vector_weight,

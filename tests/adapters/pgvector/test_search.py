@@ -267,7 +267,7 @@ async def test_ef_search_is_at_least_limit_and_overridable(corpus: Corpus) -> No
         await corpus.store.search_hybrid("w001", query, limit=5, ef_search=3)
     finally:
         corpus.store.search_probe = None
-    assert [s["ef"] for s in seen] == ["200", "250", "300", "50", "40"]  # 40 = hybrid branch candidates
+    assert [s["ef"] for s in seen] == ["200", "250", "300", "50", "80"]  # 80 = hybrid vector-branch candidates
     assert {s["pcm"] for s in seen} == {"force_custom_plan"}
     assert {s["scan"] for s in seen} == {"relaxed_order"} and {s["jit"] for s in seen} == {"off"}
     async with corpus.store.gate.acquire() as connection:  # SET LOCAL: nothing leaks into the pool
@@ -289,14 +289,16 @@ async def test_hybrid_surfaces_lexical_only_and_semantic_only_documents(corpus: 
     assert lexical.text_rank == 1 and lexical.vector_rank is None and lexical.text_score is not None
     assert semantic.vector_rank == 1 and semantic.text_rank is None
     assert semantic.vector_similarity == pytest.approx(1.0, abs=1e-2)
-    # convex fusion (the default): each branch's best candidate normalises to 1, so either one scores 1.0
-    assert lexical.score == pytest.approx(1.0) and semantic.score == pytest.approx(1.0)
+    # convex fusion (the default): each branch's best candidate normalises to 1, then carries its branch's weight
+    ss = corpus.store.settings.search
+    assert lexical.score == pytest.approx(ss.text_weight) and semantic.score == pytest.approx(ss.vector_weight)
     assert all(0.0 <= hit.score <= 2.0 for hit in hits)
     rrf = await _sibling(corpus, exact_search_max_rows=EXACT_MAX_ROWS, fusion="rrf")
     try:
         k = rrf.settings.search.rrf_k
         for hit in await rrf.search_hybrid("quokka migration", corpus.semantic_vector, limit=10):
-            expected = sum(1.0 / (k + r) for r in (hit.vector_rank, hit.text_rank) if r is not None)
+            expected = sum(w / (k + r) for w, r in ((ss.vector_weight, hit.vector_rank),
+                                                    (ss.text_weight, hit.text_rank)) if r is not None)
             assert hit.score == pytest.approx(expected)  # the weighted RRF of the returned ranks
     finally:
         await rrf.cleanup()
