@@ -273,7 +273,7 @@ def fuse_rrf(vector: Ranked, text: Ranked, *, k: float, tw: float, n: int) -> li
     return sorted(scores, key=lambda d: (-scores[d][0], scores[d][1], scores[d][2]))[:TOP]
 
 
-def fuse_convex(vector: Ranked, text: Ranked, *, tw: float, n: int) -> list[str]:
+def fuse_convex(vector: Ranked, text: Ranked, *, tw: float, nv: int, nt: int) -> list[str]:
     """The store's convex fusion: each branch min-max normalised over its candidates, then weighted."""
     def normalised(branch: Ranked) -> dict[str, float]:
         if not branch:
@@ -281,21 +281,25 @@ def fuse_convex(vector: Ranked, text: Ranked, *, tw: float, n: int) -> list[str]
         lo, hi = min(s for _, s in branch), max(s for _, s in branch)
         return {doc: (s - lo) / (hi - lo) if hi > lo else 1.0 for doc, s in branch}
 
-    v, t = normalised(vector[:n]), normalised(text[:n])
-    rank_v = {doc: r for r, (doc, _) in enumerate(vector[:n], 1)}
-    rank_t = {doc: r for r, (doc, _) in enumerate(text[:n], 1)}
+    v, t = normalised(vector[:nv]), normalised(text[:nt])
+    rank_v = {doc: r for r, (doc, _) in enumerate(vector[:nv], 1)}
+    rank_t = {doc: r for r, (doc, _) in enumerate(text[:nt], 1)}
     fused = {doc: v.get(doc, 0.0) + tw * t.get(doc, 0.0) for doc in v.keys() | t.keys()}
     return sorted(fused, key=lambda d: (-fused[d], rank_v.get(d, math.inf), rank_t.get(d, math.inf)))[:TOP]
 
 
 def sweep(questions: Sequence[Question], vector: dict[str, Ranked], text: dict[str, Ranked],
           expand: Callable[[str, list[str]], list[str]]) -> list[tuple[float, float, str]]:
-    """Grid over fusion (convex, RRF k), text weight and candidate counts; (nDCG@10, R@10, label), best first."""
+    """Grid over fusion (convex, RRF k), text weight and candidate counts; (nDCG@10, R@10, label), best first.
+
+    Convex fusion is also tried with more vector than text candidates (the defaults: 80 and 40).
+    """
     grid: list[tuple[str, Callable[[Ranked, Ranked], list[str]]]] = []
     for n in (20, 40, 100):
-        for tw in (0.5, 0.75, 1.0, 1.25, 1.5):
-            grid.append((f"convex tw={tw} n={n}",
-                         lambda v, t, tw=tw, n=n: fuse_convex(v, t, tw=tw, n=n)))  # type: ignore[misc]
+        for tw in (0.5, 0.75, 0.875, 1.0, 1.25, 1.5):
+            for nv in sorted({n, 2 * n}):
+                grid.append((f"convex tw={tw} nv={nv} nt={n}", lambda v, t, tw=tw, nv=nv, nt=n:  # type: ignore[misc]
+                             fuse_convex(v, t, tw=tw, nv=nv, nt=nt)))
             for k in (1, 5, 20, 60):
                 grid.append((f"rrf k={k} tw={tw} n={n}",
                              lambda v, t, tw=tw, n=n, k=k: fuse_rrf(v, t, k=k, tw=tw, n=n)))  # type: ignore[misc]
@@ -402,11 +406,14 @@ def render(runs: Sequence[EmbedderRun], conversations: Sequence[Conversation], d
         "- Reference points (issue 15, same protocol, same model): before this branch, hybrid 0.467 / 0.623 and text "
         "~0.10 (nDCG@10 / R@10); BM25 (bm25s, Snowball, stop words) 0.436 / 0.559; llama-index OR `to_tsquery` + "
         "`ts_rank` 0.477 / 0.589; langchain-postgres hybrid 0.467 / 0.623.",
-        "- Fusion: `search.fusion = convex` (each branch min-max normalised over its 40 candidates, weights 1/1) was "
-        "chosen with `--sweep` and the same grid on the stdlib set: it is the only setting tried that meets the "
-        "LoCoMo targets and is not below vector-only on any of the four sets (LoCoMo and stdlib, bge and hashing). "
-        "RRF needs k ~ 5 and a text weight that helps LoCoMo but hurts the stdlib set with bge; query-adaptive text "
-        "weights (by the top BM25 score) traded one set for the other.",
+        "- Fusion: `search.fusion = convex`, each branch min-max normalised over its own candidates (80 vector, 40 "
+        "text), text weight 0.875. Chosen offline on the branch lists of all four sets (LoCoMo and stdlib, bge and "
+        "hashing; `--sweep` here, the same grid on the stdlib set): around it (vector 60-100, text 40, weight "
+        "0.81-0.94) hybrid beats vector-only on every set and meets the LoCoMo targets. With 40 and 40 no weight "
+        "did both: LoCoMo needs >= 1, the stdlib set with bge <= 0.875. RRF (any k) did worse; query-adaptive "
+        "text weights (by the share of the query's IDF the best BM25 match covers, by term rarity, by branch "
+        "agreement) traded one set for another: their per-query correlation with the lexical gain stayed below "
+        "0.26 and changed sign between sets.",
         "",
     ]
     for run in runs:

@@ -186,8 +186,9 @@ async def evaluate(embedder: Embedder, settings: MemorySettings, eval_set: EvalS
         vectors = [await embedder.embed_query(q.text) for q in eval_set.queries]  # query prefix + cache
         embeddings = {q.id: vector for q, vector in zip(eval_set.queries, vectors, strict=True)}
         rrf_k = settings.search.rrf_k
+        weights = sorted({*TEXT_WEIGHTS, settings.search.text_weight})  # the configured default is always scored
         configs = [Config("vector"), Config("text")] + [
-            Config("hybrid", VECTOR_WEIGHT, weight, rrf_k, settings.search.fusion) for weight in TEXT_WEIGHTS]
+            Config("hybrid", VECTOR_WEIGHT, weight, rrf_k, settings.search.fusion) for weight in weights]
         results = [await run_config(store, eval_set, embeddings, config, label) for config in configs]
         baseline = results[0].per_query_ndcg
         for result in results[1:]:
