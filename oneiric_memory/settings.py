@@ -39,6 +39,7 @@ from oneiric_memory.settings_sources import (
     Source,
     collect_layers,
     installed_mahavishnu_version,
+    split_branch_candidates,
 )
 
 __all__ = [
@@ -240,12 +241,9 @@ class SearchSettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _split_branch_candidates(cls, data: Any) -> Any:
-        """``branch_candidates`` (earlier releases: one count for both branches) still loads, as both counts."""
+        """A section built directly (not through the layers) also takes the earlier ``branch_candidates``."""
         if isinstance(data, dict) and "branch_candidates" in data:
-            data = dict(data)
-            both = data.pop("branch_candidates")
-            data.setdefault("vector_candidates", both)
-            data.setdefault("text_candidates", both)
+            return split_branch_candidates(data)
         return data
 
     default_mode: Literal["vector", "text", "hybrid"] = "hybrid"
@@ -272,7 +270,8 @@ class SearchSettings(_Section):
     text_weight: float = Field(
         default=0.875, ge=0, description="lexical branch's weight in hybrid fusion (vector_weight is the other): "
         "0.875 with 80 vector and 40 text candidates is the measured setting that beats vector-only on LoCoMo and "
-        "the stdlib set with both a real model and the hashing embedder (docs/benchmarks.md, the LoCoMo section's fusion note)")
+        "the stdlib set with both a real model and the hashing embedder (docs/benchmarks.md, the LoCoMo section's "
+        "fusion note)")
     vector_candidates: int = Field(
         default=80, ge=1, le=1000, description="rows the vector branch hands to hybrid fusion (at least the "
         "search's limit); deeper than the text branch, so min-max normalisation measures vector scores against a "

@@ -57,6 +57,7 @@ __all__ = [
     "mahavishnu_settings_root",
     "merge_into",
     "resolve_root",
+    "split_branch_candidates",
 ]
 
 ENV_PREFIX = "MAHAVISHNU_ONEIRIC_MEMORY__"
@@ -211,7 +212,7 @@ def merge_into(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[t
                source: Source, prefix: tuple[str, ...] = ()) -> None:
     """Deep-merge ``overlay`` into ``base``, recording ``source`` for every leaf it sets."""
     if prefix == ("search",) and "branch_candidates" in overlay:
-        overlay = _split_branch_candidates(overlay)
+        overlay = split_branch_candidates(overlay)
     for key, value in overlay.items():
         path = (*prefix, str(key))
         if isinstance(value, Mapping):
@@ -226,7 +227,7 @@ def merge_into(base: dict[str, Any], overlay: Mapping[str, Any], sources: dict[t
             sources[path] = source
 
 
-def _split_branch_candidates(search: Mapping[str, Any]) -> dict[str, Any]:
+def split_branch_candidates(search: Mapping[str, Any]) -> dict[str, Any]:
     """``search.branch_candidates`` (earlier releases: one count for both hybrid branches) sets both new counts,
     unless the same layer sets them itself, so settings files and env written for those releases keep working."""
     out = {key: value for key, value in search.items() if key != "branch_candidates"}

@@ -346,7 +346,8 @@ class SearchExecutor:
                       text_weight: float, rrf_k: int) -> tuple[list[SearchHit], SearchPlan | None]:
         ss = self.settings.search
         candidates = Candidates(vector=max(ss.vector_candidates, limit), text=max(ss.text_candidates, limit))
-        ef = self._ef_search(ef_search, limit, candidates.vector if mode == "hybrid" else limit)
+        vector_rows = candidates.vector if mode == "hybrid" else limit  # what the vector side must return
+        ef = self._ef_search(ef_search, limit, vector_rows)
         async with self._search_transaction(ef) as connection:
             filters = await self._store.scoped(connection, filters)  # the read rule of acting_for (docs/groups.md)
             if mode in ("text", "hybrid"):
@@ -362,8 +363,7 @@ class SearchExecutor:
                 return [_hit(r, score=float(r["rank"]), text_rank=int(r["text_rank"]), text_score=float(r["rank"]))
                         for r in rows], None
             assert query_embedding is not None
-            plan = await self.plan_vector_search(connection, filters, ef,
-                                                 limit=candidates.vector if mode == "hybrid" else limit)
+            plan = await self.plan_vector_search(connection, filters, ef, limit=vector_rows)
             if plan.ef_search != ef and self.settings.postgres.index_type == "hnsw":
                 await _set_local(connection, [("hnsw.ef_search", str(plan.ef_search))])
             if self._store.search_probe is not None:
