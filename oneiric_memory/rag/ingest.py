@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from oneiric_memory.adapters.pgvector import PgvectorMemoryStore
 
 __all__ = ["IngestOptions", "IngestReport", "Progress", "check_ingest_arguments", "check_label",
-           "ingest_repository"]
+           "ingest_lock_key", "ingest_repository"]
 
 Progress = Callable[[str, int, int], None]
 """``progress(unit, done, total)`` with unit ``"files"`` or ``"chunks"``."""
@@ -43,6 +43,11 @@ SOURCE_SYSTEM = "oneiric-memory-ingest"
 _MAX_ERRORS = 100
 _LOCK_WAIT_S = 5.0
 """How long a run waits for another run of the same repository (or a killed one's lock) to go."""
+
+
+def ingest_lock_key(schema: str, project: str, repo_id: str) -> str:
+    """The advisory-lock key one ingestion of ``repo_id`` holds while it runs (fields split by US, 0x1f)."""
+    return f"{schema}\x1frag-ingest\x1f{project}\x1f{repo_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +160,7 @@ async def ingest_repository(store: PgvectorMemoryStore, embed: Callable[[list[Me
     log = get_logger("rag.ingest")
     async with store.direct_session(purpose="ingest") as session:
         # One run per repository at a time: a session lock, released by the connection's end even on a kill.
-        key = f"{store.schema}\x1frag-ingest\x1f{project}\x1f{repo_id}"
+        key = ingest_lock_key(store.schema, project, repo_id)
         deadline = time.monotonic() + _LOCK_WAIT_S
         while not await session.try_lock(key):
             if time.monotonic() >= deadline:

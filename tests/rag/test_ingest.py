@@ -10,6 +10,7 @@ import pytest
 from oneiric_memory.coordinator import UnifiedMemory
 from oneiric_memory.errors import InvalidInput, StoreUnavailable
 from oneiric_memory.rag import IngestOptions
+from oneiric_memory.rag.ingest import ingest_lock_key
 from oneiric_memory.settings import MemorySettings
 from tests.rag.repo_fixtures import chunk_rows, make_repo, rag_file_rows
 
@@ -150,7 +151,7 @@ async def test_a_second_run_of_the_same_repository_waits_then_refuses(settings: 
     async with UnifiedMemory.open(settings, background=False) as memory:
         store = memory.store
         async with store.direct_session(purpose="test") as other:  # what a running ingestion of "demo" holds
-            assert await other.try_lock(f"{store.schema}\x1frag-ingest\x1fdefault\x1fdemo")
+            assert await other.try_lock(ingest_lock_key(store.schema, "default", "demo"))
             with pytest.raises(StoreUnavailable, match="another ingestion"):
                 await memory.ingest_repository(repo, "demo", options=OPTIONS)
             assert await memory.ingestions("demo") == []  # refused before anything was recorded
